@@ -1,0 +1,9 @@
+//! The pure saga state machine: `(state, input, now) -> (state, events, effects)`.
+
+mod apply;
+#[cfg(test)]
+mod tests;
+mod types;
+
+pub use apply::apply;
+pub use types::*;
