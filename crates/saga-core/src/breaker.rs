@@ -196,7 +196,10 @@ mod tests {
         assert_eq!(b.admit(1000), Admission::Allowed);
         assert_eq!(b.admit(1000), Admission::Rejected { retry_at: 1000 });
         b.on_success(1001);
-        assert!(matches!(b.state(), BreakerState::HalfOpen { successes: 1, .. }));
+        assert!(matches!(
+            b.state(),
+            BreakerState::HalfOpen { successes: 1, .. }
+        ));
         assert_eq!(b.admit(1002), Admission::Allowed);
         b.on_success(1003);
         assert_eq!(b.state(), BreakerState::Closed { failures: 0 });

@@ -30,10 +30,14 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
         if digits == 0 {
             return Err(err("expected a number"));
         }
-        let value: u128 = rest[..digits].parse().map_err(|_| err("number too large"))?;
+        let value: u128 = rest[..digits]
+            .parse()
+            .map_err(|_| err("number too large"))?;
         rest = &rest[digits..];
         if rest.starts_with('.') {
-            return Err(err("fractions are not supported; use a smaller unit (1500ms)"));
+            return Err(err(
+                "fractions are not supported; use a smaller unit (1500ms)",
+            ));
         }
         let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         let unit_ms: u128 = match &rest[..unit_len] {
@@ -103,7 +107,10 @@ mod tests {
             ("ten seconds", "expected a number"),
             ("5d", "unknown unit"),
             ("-5s", "expected a number"),
-            ("1.5s", "fractions are not supported; use a smaller unit (1500ms)"),
+            (
+                "1.5s",
+                "fractions are not supported; use a smaller unit (1500ms)",
+            ),
         ] {
             let e = parse_duration(bad).unwrap_err();
             assert_eq!(e.why, why, "{bad}");

@@ -49,7 +49,8 @@ impl SagaId {
     /// timestamp and 80 random bits supplied by the caller (randomness is injected).
     pub fn generate(now: Timestamp, random: u128) -> Self {
         const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-        let value: u128 = (u128::from(now & 0xFFFF_FFFF_FFFF) << 80) | (random & ((1u128 << 80) - 1));
+        let value: u128 =
+            (u128::from(now & 0xFFFF_FFFF_FFFF) << 80) | (random & ((1u128 << 80) - 1));
         let mut out = [0u8; 26];
         for (i, slot) in out.iter_mut().enumerate() {
             let shift = 125 - 5 * i as u32;
@@ -135,6 +136,9 @@ mod tests {
     #[test]
     fn idempotency_key_layout() {
         let id = SagaId::parse("s1").unwrap();
-        assert_eq!(idempotency_key(&id, "ChargePayment", "chargeCard"), "s1/ChargePayment/chargeCard");
+        assert_eq!(
+            idempotency_key(&id, "ChargePayment", "chargeCard"),
+            "s1/ChargePayment/chargeCard"
+        );
     }
 }

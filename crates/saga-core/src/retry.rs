@@ -112,10 +112,16 @@ impl RetryPolicy {
             return Err("max_attempts must be at least 1".into());
         }
         if !(self.multiplier.is_finite() && self.multiplier >= 1.0) {
-            return Err(format!("multiplier must be >= 1.0, got {}", self.multiplier));
+            return Err(format!(
+                "multiplier must be >= 1.0, got {}",
+                self.multiplier
+            ));
         }
         if !(0.0..=1.0).contains(&self.jitter) {
-            return Err(format!("jitter must be within 0.0..=1.0, got {}", self.jitter));
+            return Err(format!(
+                "jitter must be within 0.0..=1.0, got {}",
+                self.jitter
+            ));
         }
         if self.max < self.initial {
             return Err("max must not be smaller than initial".into());
@@ -161,7 +167,10 @@ mod tests {
             jitter: 0.5,
         };
         // 3 x 10s + 1s + 2s
-        assert_eq!(p.worst_case(Duration::from_secs(10)), Duration::from_secs(33));
+        assert_eq!(
+            p.worst_case(Duration::from_secs(10)),
+            Duration::from_secs(33)
+        );
         assert_eq!(
             RetryPolicy::none().worst_case(Duration::from_secs(5)),
             Duration::from_secs(5)

@@ -170,8 +170,16 @@ impl Then {
 
     /// The input changed nothing and caused no effect.
     pub fn then_ignored(self) -> Self {
-        assert!(self.transition.is_ignored(), "expected ignored, got {:?}", self.transition.events);
-        assert!(self.transition.effects.is_empty(), "{:?}", self.transition.effects);
+        assert!(
+            self.transition.is_ignored(),
+            "expected ignored, got {:?}",
+            self.transition.events
+        );
+        assert!(
+            self.transition.effects.is_empty(),
+            "{:?}",
+            self.transition.effects
+        );
         self
     }
 

@@ -32,7 +32,11 @@ pub fn mermaid(def: &SagaDefinition) -> String {
             retries
         );
         if let Compensation::Action(c) = &s.compensation {
-            let _ = writeln!(out, "    c{i}{{{{\"{}<br/>{}.{}\"}}}}", c.action, s.service, c.action);
+            let _ = writeln!(
+                out,
+                "    c{i}{{{{\"{}<br/>{}.{}\"}}}}",
+                c.action, s.service, c.action
+            );
         }
     }
     // Forward path.
@@ -57,7 +61,11 @@ pub fn mermaid(def: &SagaDefinition) -> String {
         "compensated".to_string()
     };
     for (i, s) in def.steps.iter().enumerate() {
-        let _ = writeln!(out, "    s{i} -.->|business failure| {}", entry(i.checked_sub(1)));
+        let _ = writeln!(
+            out,
+            "    s{i} -.->|business failure| {}",
+            entry(i.checked_sub(1))
+        );
         let in_doubt = match s.compensation {
             Compensation::Action(_) => format!("c{i}"),
             Compensation::NotNeeded => entry(i.checked_sub(1)),
@@ -68,7 +76,10 @@ pub fn mermaid(def: &SagaDefinition) -> String {
             let _ = writeln!(out, "    c{i} -.->|done| {}", entry(i.checked_sub(1)));
         }
     }
-    let _ = writeln!(out, "    classDef comp fill:#fde2e1,stroke:#c0392b,stroke-dasharray: 4 3");
+    let _ = writeln!(
+        out,
+        "    classDef comp fill:#fde2e1,stroke:#c0392b,stroke-dasharray: 4 3"
+    );
     let comps: Vec<String> = def
         .steps
         .iter()

@@ -217,7 +217,10 @@ impl Cx {
             Value::String(s) => s.clone(),
             Value::Number(n) => n.to_string(),
             other => {
-                self.err(loc, format!("`{key}` must be a duration, found {}", kind(other)));
+                self.err(
+                    loc,
+                    format!("`{key}` must be a duration, found {}", kind(other)),
+                );
                 return None;
             }
         };
@@ -311,7 +314,10 @@ impl Cx {
                 return None;
             }
             Some(other) => {
-                self.err("saga", format!("`steps` must be a list, found {}", kind(other)));
+                self.err(
+                    "saga",
+                    format!("`steps` must be a list, found {}", kind(other)),
+                );
                 return None;
             }
         };
@@ -345,10 +351,14 @@ impl Cx {
         let name = self.token(&loc, m, "name", true);
         let service = self.token(&loc, m, "service", true);
         let action = self.token(&loc, m, "action", true);
-        let timeout = self.duration(&loc, m, "timeout").unwrap_or(DEFAULT_STEP_TIMEOUT);
+        let timeout = self
+            .duration(&loc, m, "timeout")
+            .unwrap_or(DEFAULT_STEP_TIMEOUT);
         let retry = match m.get("retryPolicy") {
             None => RetryPolicy::none(),
-            Some(v) => self.retry(&loc, "retryPolicy", v).unwrap_or(RetryPolicy::none()),
+            Some(v) => self
+                .retry(&loc, "retryPolicy", v)
+                .unwrap_or(RetryPolicy::none()),
         };
         let compensation = match m.get("compensation") {
             None => Compensation::Missing,
@@ -367,7 +377,12 @@ impl Cx {
         })
     }
 
-    fn compensation(&mut self, loc: &str, v: &Value, step_timeout: Duration) -> Option<Compensation> {
+    fn compensation(
+        &mut self,
+        loc: &str,
+        v: &Value,
+        step_timeout: Duration,
+    ) -> Option<Compensation> {
         let default = |action: String| {
             Compensation::Action(CompensationDefinition {
                 action,
@@ -376,7 +391,9 @@ impl Cx {
             })
         };
         match v {
-            Value::String(s) if s.trim().eq_ignore_ascii_case("none") => Some(Compensation::NotNeeded),
+            Value::String(s) if s.trim().eq_ignore_ascii_case("none") => {
+                Some(Compensation::NotNeeded)
+            }
             Value::String(_) => {
                 let mut m = Mapping::new();
                 m.insert(Value::from("compensation"), v.clone());
@@ -407,7 +424,10 @@ impl Cx {
             other => {
                 self.err(
                     loc,
-                    format!("`compensation` must be an action name, `none` or a map, found {}", kind(other)),
+                    format!(
+                        "`compensation` must be an action name, `none` or a map, found {}",
+                        kind(other)
+                    ),
                 );
                 None
             }
@@ -428,13 +448,16 @@ impl Cx {
                 self.check_keys(&rloc, m, RETRY_KEYS);
                 let before = self.errors.len();
                 let max_attempts = match m.get("max_attempts") {
-                    Some(Value::Number(n)) if n.as_u64().is_some_and(|a| a >= 1 && a <= 1000) => {
+                    Some(Value::Number(n)) if n.as_u64().is_some_and(|a| (1..=1000).contains(&a)) => {
                         n.as_u64().unwrap_or(1) as u32
                     }
                     Some(other) => {
                         self.err(
                             &rloc,
-                            format!("`max_attempts` must be a whole number from 1 to 1000, found {}", show(other)),
+                            format!(
+                                "`max_attempts` must be a whole number from 1 to 1000, found {}",
+                                show(other)
+                            ),
                         );
                         1
                     }
@@ -452,7 +475,8 @@ impl Cx {
                 } else if p.max < p.initial {
                     p.max = p.initial;
                 }
-                for (field, slot) in [("multiplier", &mut p.multiplier), ("jitter", &mut p.jitter)] {
+                for (field, slot) in [("multiplier", &mut p.multiplier), ("jitter", &mut p.jitter)]
+                {
                     match m.get(field) {
                         None => {}
                         Some(Value::Number(n)) if n.as_f64().is_some() => {
@@ -509,7 +533,10 @@ impl Cx {
             None | Some(Value::Null) => return Vec::new(),
             Some(Value::Sequence(s)) => s,
             Some(other) => {
-                self.err("saga", format!("`failureScenarios` must be a list, found {}", kind(other)));
+                self.err(
+                    "saga",
+                    format!("`failureScenarios` must be a list, found {}", kind(other)),
+                );
                 return Vec::new();
             }
         };
@@ -540,7 +567,11 @@ impl Cx {
                     format!(
                         "cannot tell which step this scenario describes from its name; add \
                          `step: <name>` (one of: {})",
-                        def.steps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                        def.steps
+                            .iter()
+                            .map(|s| s.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 );
                 continue;
@@ -574,14 +605,20 @@ impl Cx {
     fn scenario_compensations(&mut self, loc: &str, v: Option<&Value>) -> Option<Vec<String>> {
         let items = match v {
             None => {
-                self.err(loc, "missing `compensations` (write `- (none)` when nothing is undone)");
+                self.err(
+                    loc,
+                    "missing `compensations` (write `- (none)` when nothing is undone)",
+                );
                 return None;
             }
             Some(Value::Null) => return Some(Vec::new()),
             Some(Value::String(s)) if is_none_entry(s) => return Some(Vec::new()),
             Some(Value::Sequence(s)) => s,
             Some(other) => {
-                self.err(loc, format!("`compensations` must be a list, found {}", kind(other)));
+                self.err(
+                    loc,
+                    format!("`compensations` must be a list, found {}", kind(other)),
+                );
                 return None;
             }
         };
@@ -590,13 +627,22 @@ impl Cx {
             match item.as_str() {
                 Some(s) if is_none_entry(s) => {
                     if items.len() > 1 {
-                        self.err(loc, format!("`{s}` says no compensation runs, but other entries follow it"));
+                        self.err(
+                            loc,
+                            format!("`{s}` says no compensation runs, but other entries follow it"),
+                        );
                         return None;
                     }
                 }
                 Some(s) => out.push(s.trim().to_string()),
                 None => {
-                    self.err(loc, format!("compensation entries must be action names, found {}", kind(item)));
+                    self.err(
+                        loc,
+                        format!(
+                            "compensation entries must be action names, found {}",
+                            kind(item)
+                        ),
+                    );
                     return None;
                 }
             }
@@ -609,7 +655,10 @@ impl Cx {
             None | Some(Value::Null) => return Vec::new(),
             Some(Value::Sequence(s)) => s,
             Some(other) => {
-                self.err("saga", format!("`invariants` must be a list, found {}", kind(other)));
+                self.err(
+                    "saga",
+                    format!("`invariants` must be a list, found {}", kind(other)),
+                );
                 return Vec::new();
             }
         };
@@ -617,7 +666,10 @@ impl Cx {
         for (i, item) in list.iter().enumerate() {
             let loc = format!("invariants[{i}]");
             let Some(text) = item.as_str().map(|s| s.trim().to_string()) else {
-                self.err(&loc, format!("an invariant must be a line of text, found {}", kind(item)));
+                self.err(
+                    &loc,
+                    format!("an invariant must be a line of text, found {}", kind(item)),
+                );
                 continue;
             };
             let kind = classify_invariant(&text);
@@ -713,7 +765,9 @@ fn classify_invariant(text: &str) -> InvariantKind {
 /// Finds the step a scenario name talks about (`HotelReservationFailed` ->
 /// `ReserveHotel`) by the words they share; `None` when no single step stands out.
 fn guess_step(def: &SagaDefinition, scenario: &str) -> Option<usize> {
-    const NOISE: &[&str] = &["failed", "fail", "fails", "failure", "error", "service", "step"];
+    const NOISE: &[&str] = &[
+        "failed", "fail", "fails", "failure", "error", "service", "step",
+    ];
     let wanted: Vec<String> = words(scenario)
         .into_iter()
         .filter(|w| !NOISE.contains(&w.as_str()))
@@ -824,7 +878,10 @@ mod tests {
 
     #[test]
     fn words_split_names() {
-        assert_eq!(words("HotelReservationFailed"), ["hotel", "reservation", "failed"]);
+        assert_eq!(
+            words("HotelReservationFailed"),
+            ["hotel", "reservation", "failed"]
+        );
         assert_eq!(words("reserve_flight"), ["reserve", "flight"]);
     }
 

@@ -372,7 +372,10 @@ impl Machine<'_> {
             }
             TimerKind::RetryBackoff => self.send_step(i, key.attempt + 1),
             TimerKind::CompensationTimeout => {
-                let t = self.compensation_of(i).map(|c| c.timeout).unwrap_or_default();
+                let t = self
+                    .compensation_of(i)
+                    .map(|c| c.timeout)
+                    .unwrap_or_default();
                 let reason = format!("timed out after {}", format_duration(t));
                 self.events.push(SagaEvent::CompensationAttemptFailed {
                     step: name,
@@ -450,13 +453,16 @@ impl Machine<'_> {
                 Compensation::Action(_) => return self.send_compensation(i, 1),
                 Compensation::NotNeeded => {
                     self.s.steps[i].status = StepStatus::CompensationSkipped;
-                    self.events.push(SagaEvent::CompensationSkipped { step: name });
+                    self.events
+                        .push(SagaEvent::CompensationSkipped { step: name });
                 }
                 Compensation::Missing => {
-                    let reason = "no compensation declared; the step's outcome is unknown".to_string();
+                    let reason =
+                        "no compensation declared; the step's outcome is unknown".to_string();
                     self.s.steps[i].status = StepStatus::CompensationFailed;
                     self.s.steps[i].error = Some(reason.clone());
-                    self.events.push(SagaEvent::CompensationFailed { step: name, reason });
+                    self.events
+                        .push(SagaEvent::CompensationFailed { step: name, reason });
                 }
             }
         }
@@ -541,7 +547,9 @@ impl Machine<'_> {
         let attempt = self.s.steps[i].compensation_attempts;
         self.s.steps[i].error = Some(reason.clone());
         if comp.retry.allows_retry_after(attempt) {
-            let delay = comp.retry.delay(attempt, self.seed(i, &comp.action, attempt));
+            let delay = comp
+                .retry
+                .delay(attempt, self.seed(i, &comp.action, attempt));
             self.s.steps[i].status = StepStatus::WaitingCompensationRetry;
             self.events.push(SagaEvent::CompensationRetryScheduled {
                 step: self.s.steps[i].name.clone(),

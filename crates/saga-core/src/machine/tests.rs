@@ -157,10 +157,18 @@ fn rule1_last_step_in_doubt_without_compensation_ends_failed_after_undoing_the_r
         .then_commands(&[("ChargePayment", "RefundPayment", 1)]);
     assert_eq!(t.transition().state.status, SagaStatus::Compensating);
     given.push(fired(TimerKind::StepTimeout, "ConfirmOrder", 6));
-    given.push(compensated("ChargePayment", 1, Outcome::Ok { result: vec![] }));
+    given.push(compensated(
+        "ChargePayment",
+        1,
+        Outcome::Ok { result: vec![] },
+    ));
     SagaTest::new(def)
         .given(given)
-        .when(compensated("ReserveStock", 1, Outcome::Ok { result: vec![] }))
+        .when(compensated(
+            "ReserveStock",
+            1,
+            Outcome::Ok { result: vec![] },
+        ))
         .then_status(SagaStatus::Failed);
 }
 
@@ -187,7 +195,10 @@ fn rule2_timeout_schedules_a_retry_within_the_backoff_bounds() {
             _ => None,
         })
         .expect("a backoff timer");
-    assert!(low <= delay && delay <= high, "{delay:?} not in {low:?}..={high:?}");
+    assert!(
+        low <= delay && delay <= high,
+        "{delay:?} not in {low:?}..={high:?}"
+    );
     SagaTest::new(def)
         .given([start(), fired(TimerKind::StepTimeout, FLIGHT, 1)])
         .when(fired(TimerKind::RetryBackoff, FLIGHT, 1))
@@ -222,7 +233,12 @@ fn rule2_business_failures_are_not_retried() {
 #[test]
 fn rule2_compensations_retry_then_fail_the_saga_for_an_operator() {
     let def = travel();
-    let limit = def.steps[0].compensation.action().unwrap().retry.max_attempts;
+    let limit = def.steps[0]
+        .compensation
+        .action()
+        .unwrap()
+        .retry
+        .max_attempts;
     let mut given = vec![start(), business(HOTEL, 1, "x"), ok(FLIGHT, 1)];
     // Hotel's reply came before Flight finished: ignored. Then Hotel really fails.
     given.push(business(HOTEL, 1, "fully booked"));
@@ -243,7 +259,10 @@ fn rule2_compensations_retry_then_fail_the_saga_for_an_operator() {
         .then_step(FLIGHT, StepStatus::CompensationFailed)
         .then_commands(&[]);
     let reason = then.transition().state.failure_reason.clone().unwrap();
-    assert!(reason.contains("ReserveFlight") && reason.contains("gave up after 10"), "{reason}");
+    assert!(
+        reason.contains("ReserveFlight") && reason.contains("gave up after 10"),
+        "{reason}"
+    );
 }
 
 #[test]
@@ -286,7 +305,11 @@ fn rule3_idempotency_key_is_stable_across_attempts() {
 #[test]
 fn rule3_a_late_success_of_an_earlier_attempt_counts() {
     SagaTest::new(travel())
-        .given([start(), technical(FLIGHT, 1, "x"), fired(TimerKind::RetryBackoff, FLIGHT, 1)])
+        .given([
+            start(),
+            technical(FLIGHT, 1, "x"),
+            fired(TimerKind::RetryBackoff, FLIGHT, 1),
+        ])
         .when(ok(FLIGHT, 1))
         .then_step(FLIGHT, StepStatus::Completed)
         .then_commands(&[(HOTEL, "reserveHotel", 1)]);
@@ -295,7 +318,11 @@ fn rule3_a_late_success_of_an_earlier_attempt_counts() {
 #[test]
 fn rule3_a_stale_technical_failure_is_ignored() {
     SagaTest::new(travel())
-        .given([start(), fired(TimerKind::StepTimeout, FLIGHT, 1), fired(TimerKind::RetryBackoff, FLIGHT, 1)])
+        .given([
+            start(),
+            fired(TimerKind::StepTimeout, FLIGHT, 1),
+            fired(TimerKind::RetryBackoff, FLIGHT, 1),
+        ])
         .when(technical(FLIGHT, 1, "late"))
         .then_ignored();
 }
@@ -306,7 +333,10 @@ fn rule3_a_stale_technical_failure_is_ignored() {
 fn rule4_deadline_is_derived_and_compensates_what_ran() {
     let def = travel();
     // Flight and hotel: 4 x 10s + 0.5s + 1s + 2s each; payment: 5s; buffer 5s.
-    assert_eq!(def.deadline(), Duration::from_millis(2 * 43_500 + 5_000 + 5_000));
+    assert_eq!(
+        def.deadline(),
+        Duration::from_millis(2 * 43_500 + 5_000 + 5_000)
+    );
     SagaTest::new(def)
         .given([start(), ok(FLIGHT, 1)])
         .when(Input::DeadlineExceeded)
@@ -334,7 +364,9 @@ fn cancel_compensates_what_ran_and_is_a_no_op_when_compensating() {
         .then_commands(&[(HOTEL, "cancelHotelReservation", 1)]);
     SagaTest::new(travel())
         .given([start(), business(FLIGHT, 1, "x")])
-        .when(Input::Cancel { reason: "again".into() })
+        .when(Input::Cancel {
+            reason: "again".into(),
+        })
         .then_ignored();
 }
 
@@ -350,7 +382,9 @@ fn rule5_terminal_states_absorb_everything() {
         comp_ok(FLIGHT, 1),
         fired(TimerKind::StepTimeout, PAY, 1),
         fired(TimerKind::Deadline, "", 0),
-        Input::Cancel { reason: "too late".into() },
+        Input::Cancel {
+            reason: "too late".into(),
+        },
         Input::DeadlineExceeded,
         start(),
     ] {
@@ -421,6 +455,11 @@ fn travel_booking_seed_scenarios_run_the_seed_compensations() {
             1000,
         );
         assert_eq!(status, SagaStatus::Compensated, "{}", scenario.name);
-        assert_eq!(sim.compensations(), scenario.compensations, "{}", scenario.name);
+        assert_eq!(
+            sim.compensations(),
+            scenario.compensations,
+            "{}",
+            scenario.name
+        );
     }
 }
