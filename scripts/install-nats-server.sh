@@ -56,6 +56,16 @@ if [[ -x "${link}" && "$(installed_version "${link}")" == "${NATS_VERSION}" ]]; 
 fi
 
 python="${PYTHON:-python3}"
+
+# A bare Debian may lack Python or its venv module: install them when we can.
+need_apt=()
+command -v "${python}" >/dev/null 2>&1 || need_apt+=(python3)
+if ! "${python}" -c 'import ensurepip, venv' >/dev/null 2>&1; then need_apt+=(python3-venv); fi
+if ((${#need_apt[@]})) && command -v apt-get >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]]; then
+    log "installing ${need_apt[*]} with apt-get"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" python3-pip >/dev/null
+fi
+
 if ! command -v "${python}" >/dev/null 2>&1; then
     err "${python} not found; install Python 3 (e.g. apt-get install python3 python3-venv)"
     exit 1

@@ -13,13 +13,6 @@ pub fn mermaid(def: &SagaDefinition) -> String {
     let _ = writeln!(out, "    start((start))");
     let _ = writeln!(out, "    completed([COMPLETED])");
     let _ = writeln!(out, "    compensated([COMPENSATED])");
-    let needs_failed = def
-        .steps
-        .iter()
-        .any(|s| matches!(s.compensation, Compensation::Missing));
-    if needs_failed {
-        let _ = writeln!(out, "    failed([FAILED: operator needed])");
-    }
     for (i, s) in def.steps.iter().enumerate() {
         let retries = s.retry.max_attempts - 1;
         let _ = writeln!(
@@ -66,12 +59,16 @@ pub fn mermaid(def: &SagaDefinition) -> String {
             "    s{i} -.->|business failure| {}",
             entry(i.checked_sub(1))
         );
-        let in_doubt = match s.compensation {
-            Compensation::Action(_) => format!("c{i}"),
-            Compensation::NotNeeded => entry(i.checked_sub(1)),
-            Compensation::Missing => "failed".to_string(),
+        let (label, in_doubt) = match s.compensation {
+            Compensation::Action(_) => ("timeout / retries exhausted", format!("c{i}")),
+            Compensation::NotNeeded => ("timeout / retries exhausted", entry(i.checked_sub(1))),
+            // Nothing can undo it: the rest is undone, then the saga ends FAILED.
+            Compensation::Missing => (
+                "in doubt, no compensation: undo the rest, end FAILED",
+                entry(i.checked_sub(1)),
+            ),
         };
-        let _ = writeln!(out, "    s{i} -.->|timeout / retries exhausted| {in_doubt}");
+        let _ = writeln!(out, "    s{i} -.->|{label}| {in_doubt}");
         if matches!(s.compensation, Compensation::Action(_)) {
             let _ = writeln!(out, "    c{i} -.->|done| {}", entry(i.checked_sub(1)));
         }

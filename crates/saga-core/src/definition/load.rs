@@ -323,20 +323,21 @@ impl Cx {
         };
         let mut steps: Vec<StepDefinition> = Vec::new();
         let mut all_ok = true;
+        let mut names: Vec<Option<&str>> = Vec::new();
         for (i, v) in list.iter().enumerate() {
+            let name = v.get("name").and_then(Value::as_str).map(str::trim);
             match self.step(i, v) {
-                Some(step) => {
-                    if let Some(first) = steps.iter().position(|s| s.name == step.name) {
-                        self.err(
-                            &step_loc(i, Some(&step.name)),
-                            format!("duplicate step name (also steps[{first}])"),
-                        );
-                        all_ok = false;
-                    }
-                    steps.push(step);
-                }
+                Some(step) => steps.push(step),
                 None => all_ok = false,
             }
+            if let Some(first) = name.and_then(|n| names.iter().position(|m| *m == Some(n))) {
+                self.err(
+                    &step_loc(i, name),
+                    format!("duplicate step name (also steps[{first}])"),
+                );
+                all_ok = false;
+            }
+            names.push(name);
         }
         all_ok.then_some(steps)
     }
