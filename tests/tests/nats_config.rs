@@ -23,5 +23,7 @@ fn the_shipped_nats_conf_is_valid_and_fsyncs_every_write() {
         .map(str::trim)
         .filter(|l| !l.starts_with('#'))
         .collect();
-    assert!(active.iter().any(|l| l.starts_with("sync_interval: always")));
+    assert!(active
+        .iter()
+        .any(|l| l.starts_with("sync_interval: always")));
 }

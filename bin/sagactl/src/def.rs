@@ -25,7 +25,11 @@ pub fn validate(files: &[PathBuf], explain: bool) -> ExitCode {
             }
             Err(errors) => {
                 failed += 1;
-                eprintln!("FAIL {}: {} problem(s)", file.display(), errors.errors.len());
+                eprintln!(
+                    "FAIL {}: {} problem(s)",
+                    file.display(),
+                    errors.errors.len()
+                );
                 eprintln!("{errors}");
             }
         }
@@ -105,7 +109,12 @@ fn explain_text(loaded: &Loaded) -> String {
             if !p.unresolved.is_empty() {
                 comps.push_str(&format!("; unresolved: {}", p.unresolved.join(", ")));
             }
-            [p.step.clone(), kind.to_string(), comps, p.outcome().to_string()]
+            [
+                p.step.clone(),
+                kind.to_string(),
+                comps,
+                p.outcome().to_string(),
+            ]
         })
         .collect();
     let header = [

@@ -46,7 +46,12 @@ fn validate_fails_with_every_problem_named() {
         "saga:\n  name: Broken\n  steps:\n    - name: A\n      service: svc\n      action: a\n      timout: 5s\n    - name: A\n      service: svc\n      action: b\n      timeout: soon\n",
     )
     .unwrap();
-    let o = sagactl(&["def", "validate", "sagas/order-checkout.yaml", bad.to_str().unwrap()]);
+    let o = sagactl(&[
+        "def",
+        "validate",
+        "sagas/order-checkout.yaml",
+        bad.to_str().unwrap(),
+    ]);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
     assert!(out.contains("ok   sagas/order-checkout.yaml"), "{out}");

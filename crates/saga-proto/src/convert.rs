@@ -87,11 +87,13 @@ impl From<&Outcome> for step_reply::Outcome {
                 result: if result.is_empty() {
                     None
                 } else {
-                    Some(<pb::Payload as prost::Message>::decode(result.as_slice()).unwrap_or(
-                        pb::Payload {
-                            kind: Some(pb::payload::Kind::Raw(result.clone())),
-                        },
-                    ))
+                    Some(
+                        <pb::Payload as prost::Message>::decode(result.as_slice()).unwrap_or(
+                            pb::Payload {
+                                kind: Some(pb::payload::Kind::Raw(result.clone())),
+                            },
+                        ),
+                    )
                 },
             }),
             Outcome::BusinessFailure { reason } => {
@@ -211,21 +213,23 @@ pub fn journal_input(input: &Input, saga_id: &str) -> pb::JournalInput {
 /// The model input a journalled input stands for.
 pub fn input_from_journal(j: &pb::JournalInput) -> Result<Input, ConversionError> {
     use pb::journal_input::Kind;
-    Ok(match j.kind.as_ref().ok_or(ConversionError::Missing("input"))? {
-        Kind::Start(s) => Input::Start {
-            payload: s
-                .payload
-                .as_ref()
-                .map(prost::Message::encode_to_vec)
-                .unwrap_or_default(),
+    Ok(
+        match j.kind.as_ref().ok_or(ConversionError::Missing("input"))? {
+            Kind::Start(s) => Input::Start {
+                payload: s
+                    .payload
+                    .as_ref()
+                    .map(prost::Message::encode_to_vec)
+                    .unwrap_or_default(),
+            },
+            Kind::Reply(r) => reply_input(r)?,
+            Kind::Timer(t) => Input::TimerFired(t.try_into()?),
+            Kind::Cancel(c) => Input::Cancel {
+                reason: c.reason.clone(),
+            },
+            Kind::DeadlineExceeded(_) => Input::DeadlineExceeded,
         },
-        Kind::Reply(r) => reply_input(r)?,
-        Kind::Timer(t) => Input::TimerFired(t.try_into()?),
-        Kind::Cancel(c) => Input::Cancel {
-            reason: c.reason.clone(),
-        },
-        Kind::DeadlineExceeded(_) => Input::DeadlineExceeded,
-    })
+    )
 }
 
 /// The model input a participant's reply stands for.
@@ -459,7 +463,9 @@ mod tests {
         sim.run(
             |c| match (c.step.as_str(), c.attempt, c.compensation) {
                 ("ReserveFlight", 1, false) => None,
-                ("ReserveHotel", _, false) => Some(Outcome::TechnicalFailure { reason: "x".into() }),
+                ("ReserveHotel", _, false) => {
+                    Some(Outcome::TechnicalFailure { reason: "x".into() })
+                }
                 _ => Some(Outcome::Ok { result: vec![] }),
             },
             1000,
@@ -479,7 +485,9 @@ mod tests {
             Input::StepReply {
                 step: "A".into(),
                 attempt: 2,
-                outcome: Outcome::BusinessFailure { reason: "no".into() },
+                outcome: Outcome::BusinessFailure {
+                    reason: "no".into(),
+                },
             },
             Input::CompensationReply {
                 step: "A".into(),
@@ -487,7 +495,9 @@ mod tests {
                 outcome: Outcome::TechnicalFailure { reason: "t".into() },
             },
             Input::TimerFired(TimerKey::deadline()),
-            Input::Cancel { reason: "user".into() },
+            Input::Cancel {
+                reason: "user".into(),
+            },
             Input::DeadlineExceeded,
         ] {
             let wire = journal_input(&input, "wire-1").encode_to_vec();
@@ -498,7 +508,10 @@ mod tests {
 
     #[test]
     fn states_map_to_the_documented_enum_names() {
-        assert_eq!(pb::SagaState::from(SagaStatus::Completed).as_str_name(), "SAGA_STATE_COMPLETED");
+        assert_eq!(
+            pb::SagaState::from(SagaStatus::Completed).as_str_name(),
+            "SAGA_STATE_COMPLETED"
+        );
         assert_eq!(
             SagaStatus::try_from(pb::SagaState::Compensated),
             Ok(SagaStatus::Compensated)

@@ -15,4 +15,5 @@ pub use generated::*;
 pub use prost::Message;
 
 /// The encoded `FileDescriptorSet` of `saga.v1` (for gRPC server reflection).
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/saga_v1_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/saga_v1_descriptor.bin"));

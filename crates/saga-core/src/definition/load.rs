@@ -449,7 +449,9 @@ impl Cx {
                 self.check_keys(&rloc, m, RETRY_KEYS);
                 let before = self.errors.len();
                 let max_attempts = match m.get("max_attempts") {
-                    Some(Value::Number(n)) if n.as_u64().is_some_and(|a| (1..=1000).contains(&a)) => {
+                    Some(Value::Number(n))
+                        if n.as_u64().is_some_and(|a| (1..=1000).contains(&a)) =>
+                    {
                         n.as_u64().unwrap_or(1) as u32
                     }
                     Some(other) => {
