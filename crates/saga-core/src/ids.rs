@@ -10,8 +10,24 @@ pub const SAGA_ID_MAX_LEN: usize = 64;
 
 /// A saga instance id. Safe to use as one NATS subject token and in keys:
 /// 1 to 64 characters of `A-Z a-z 0-9 _ -`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub struct SagaId(String);
+
+impl TryFrom<String> for SagaId {
+    type Error = SagaIdError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<SagaId> for String {
+    fn from(id: SagaId) -> Self {
+        id.0
+    }
+}
 
 /// Why a saga id was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

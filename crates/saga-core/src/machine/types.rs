@@ -3,10 +3,12 @@
 use std::fmt;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::ids::{SagaId, Timestamp};
 
 /// Where a saga stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum SagaStatus {
     /// Created, not started yet.
     Pending,
@@ -48,7 +50,7 @@ impl fmt::Display for SagaStatus {
 }
 
 /// Where one step stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum StepStatus {
     /// Not reached.
     NotStarted,
@@ -94,7 +96,7 @@ impl StepStatus {
 }
 
 /// What a participant answered.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Outcome {
     /// Done; `result` is the service's payload, passed on to later steps.
     Ok {
@@ -114,7 +116,7 @@ pub enum Outcome {
 }
 
 /// The kind of an actor timer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum TimerKind {
     /// An attempt of a step took too long.
     StepTimeout,
@@ -130,7 +132,7 @@ pub enum TimerKind {
 
 /// Identifies one armed timer of a saga. A timer that fires after its purpose is gone
 /// (the step moved on) is recognised by its step and attempt and ignored.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TimerKey {
     /// What it is for.
     pub kind: TimerKind,
@@ -152,7 +154,7 @@ impl TimerKey {
 }
 
 /// Everything that can happen to a saga.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Input {
     /// Begin with this payload.
     Start {
@@ -189,7 +191,7 @@ pub enum Input {
 }
 
 /// A command for a participant.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Command {
     /// Step name (`Saga-Step`).
     pub step: String,
@@ -206,7 +208,7 @@ pub struct Command {
 }
 
 /// Something the runtime must do after the transition is durable.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Effect {
     /// Publish a command.
     SendCommand(Command),
@@ -235,7 +237,7 @@ pub enum Effect {
 }
 
 /// A domain event announced by a saga as it ends (choreography).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DomainEvent {
     /// Subject domain.
     pub domain: String,
@@ -246,7 +248,7 @@ pub struct DomainEvent {
 }
 
 /// What happened in a transition: the journal records these.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum SagaEvent {
     /// The saga began; its deadline.
     SagaStarted {
@@ -375,7 +377,7 @@ pub enum SagaEvent {
 }
 
 /// One step's progress.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct StepState {
     /// Step name.
     pub name: String,
@@ -396,7 +398,7 @@ pub struct StepState {
 }
 
 /// A saga instance's state: everything needed to continue after a restart.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SagaState {
     /// Instance id.
     pub saga_id: SagaId,

@@ -1,0 +1,16 @@
+//! Async traits at every I/O boundary of the saga runtime — journal, publisher,
+//! consumer (with ack/nak/term), saga store (state, outbox, inbox, armed timers) — and,
+//! with the `test-util` feature, in-memory implementations so actors are unit-tested
+//! without a broker.
+//!
+//! Depends on `saga-core` only; never on NATS, sled or an actor framework.
+
+mod error;
+#[cfg(feature = "test-util")]
+pub mod memory;
+mod message;
+mod store;
+
+pub use error::{PortError, StoreError};
+pub use message::*;
+pub use store::*;

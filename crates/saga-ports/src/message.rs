@@ -1,0 +1,159 @@
+//! Messages in and out, and the broker ports.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::PortError;
+
+/// Message headers (`Nats-Msg-Id`, `Saga-Id`, `Saga-Step`, ...).
+pub type Headers = BTreeMap<String, String>;
+
+/// Header names on the wire.
+pub mod header {
+    /// Deduplication id (JetStream duplicate window).
+    pub const MSG_ID: &str = "Nats-Msg-Id";
+    /// Saga instance id.
+    pub const SAGA_ID: &str = "Saga-Id";
+    /// Step name.
+    pub const SAGA_STEP: &str = "Saga-Step";
+    /// Attempt number.
+    pub const SAGA_ATTEMPT: &str = "Saga-Attempt";
+    /// Stable key of a step's action.
+    pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+    /// Where the reply goes.
+    pub const REPLY_TO: &str = "Saga-Reply-To";
+    /// W3C trace context.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// Dead letters: why.
+    pub const DLQ_REASON: &str = "Saga-Dlq-Reason";
+    /// Dead letters: original subject.
+    pub const DLQ_SUBJECT: &str = "Saga-Dlq-Subject";
+    /// Dead letters: original stream.
+    pub const DLQ_STREAM: &str = "Saga-Dlq-Stream";
+    /// Dead letters: original stream sequence.
+    pub const DLQ_SEQUENCE: &str = "Saga-Dlq-Sequence";
+    /// Dead letters: deliveries before giving up.
+    pub const DLQ_DELIVERIES: &str = "Saga-Dlq-Deliveries";
+    /// Dead letters: consumer that gave up.
+    pub const DLQ_CONSUMER: &str = "Saga-Dlq-Consumer";
+}
+
+/// A message to publish to a stream, deduplicated by `msg_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutgoingMessage {
+    /// Subject.
+    pub subject: String,
+    /// `Nats-Msg-Id`.
+    pub msg_id: String,
+    /// Other headers.
+    pub headers: Headers,
+    /// Body (Protobuf).
+    pub payload: Vec<u8>,
+}
+
+/// The broker's acknowledgement of a stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishAck {
+    /// Stream that stored it.
+    pub stream: String,
+    /// Its stream sequence.
+    pub sequence: u64,
+    /// True when the message id was already stored (nothing new was written).
+    pub duplicate: bool,
+}
+
+/// Publishes to streams and waits for the stored acknowledgement.
+#[async_trait]
+pub trait Publisher: Send + Sync + 'static {
+    /// Publishes and awaits the stream's ack.
+    async fn publish(&self, msg: &OutgoingMessage) -> Result<PublishAck, PortError>;
+}
+
+/// A journal record to append to `saga.journal.<saga_type>.<saga_id>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalAppend {
+    /// Saga type (subject token).
+    pub saga_type: String,
+    /// Saga id (subject token).
+    pub saga_id: String,
+    /// `Nats-Msg-Id`: unique per transition and writer.
+    pub msg_id: String,
+    /// Encoded `saga.v1.JournalEvent`.
+    pub payload: Vec<u8>,
+}
+
+/// One stored journal record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalRecord {
+    /// Stream sequence.
+    pub sequence: u64,
+    /// Encoded `saga.v1.JournalEvent`.
+    pub payload: Vec<u8>,
+}
+
+/// The per-saga history, fenced by the sequence of its last record.
+#[async_trait]
+pub trait Journal: Send + Sync + 'static {
+    /// Appends when the subject's last sequence is `expected_last` (0: no record yet);
+    /// otherwise fails with [`PortError::Fenced`]. A retry of an append that was stored
+    /// (same `msg_id`) returns its original ack with `duplicate` set.
+    async fn append(
+        &self,
+        append: &JournalAppend,
+        expected_last: u64,
+    ) -> Result<PublishAck, PortError>;
+
+    /// Every record of one saga, oldest first.
+    async fn read(&self, saga_type: &str, saga_id: &str) -> Result<Vec<JournalRecord>, PortError>;
+}
+
+/// A message received from a durable consumer.
+#[derive(Debug)]
+pub struct Delivery {
+    /// Subject it was published on.
+    pub subject: String,
+    /// Its headers.
+    pub headers: Headers,
+    /// Body.
+    pub payload: Vec<u8>,
+    /// Stream it was stored in.
+    pub stream: String,
+    /// Stream sequence: the same on every redelivery.
+    pub stream_sequence: u64,
+    /// Deliveries so far, this one included.
+    pub delivered: u64,
+    /// Consumer it came from.
+    pub consumer: String,
+    /// How to settle it.
+    pub acker: Box<dyn Acker>,
+}
+
+impl Delivery {
+    /// An id that identifies the message across redeliveries.
+    pub fn input_id(&self) -> String {
+        format!("{}:{}", self.stream, self.stream_sequence)
+    }
+}
+
+/// Settles a delivery.
+#[async_trait]
+pub trait Acker: Send + Sync + std::fmt::Debug {
+    /// Done: never deliver again. Call only after its effects are durable.
+    async fn ack(&self) -> Result<(), PortError>;
+    /// Deliver again after `delay`.
+    async fn nak(&self, delay: Option<Duration>) -> Result<(), PortError>;
+    /// Never deliver again (it went to the dead-letter queue).
+    async fn term(&self) -> Result<(), PortError>;
+    /// Still working on it: reset the ack timer.
+    async fn in_progress(&self) -> Result<(), PortError>;
+}
+
+/// A durable pull consumer.
+#[async_trait]
+pub trait Consumer: Send + 'static {
+    /// Up to `max` messages, waiting at most `wait` for the first.
+    async fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, PortError>;
+}
