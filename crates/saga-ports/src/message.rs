@@ -157,3 +157,30 @@ pub trait Consumer: Send + 'static {
     /// Up to `max` messages, waiting at most `wait` for the first.
     async fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, PortError>;
 }
+
+/// The dead-letter copy of a delivery: published to `dlq.<original subject>` with the
+/// original payload and headers, plus headers saying why, where from and after how
+/// many deliveries. Deduplicated per original message.
+pub fn dead_letter_message(delivery: &Delivery, reason: &str) -> OutgoingMessage {
+    let mut headers = delivery.headers.clone();
+    headers.remove(header::MSG_ID);
+    let clean = |s: &str| s.replace(['\r', '\n'], " ");
+    headers.insert(header::DLQ_REASON.into(), clean(reason));
+    headers.insert(header::DLQ_SUBJECT.into(), delivery.subject.clone());
+    headers.insert(header::DLQ_STREAM.into(), delivery.stream.clone());
+    headers.insert(
+        header::DLQ_SEQUENCE.into(),
+        delivery.stream_sequence.to_string(),
+    );
+    headers.insert(
+        header::DLQ_DELIVERIES.into(),
+        delivery.delivered.to_string(),
+    );
+    headers.insert(header::DLQ_CONSUMER.into(), delivery.consumer.clone());
+    OutgoingMessage {
+        subject: format!("dlq.{}", delivery.subject),
+        msg_id: format!("dlq:{}:{}", delivery.stream, delivery.stream_sequence),
+        headers,
+        payload: delivery.payload.clone(),
+    }
+}

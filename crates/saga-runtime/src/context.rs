@@ -1,0 +1,76 @@
+//! What every actor of a worker shares.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use saga_core::definition::SagaDefinition;
+use saga_core::Clock;
+use saga_ports::{Journal, Publisher, SagaStore};
+
+/// Settings of a worker's runtime.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Partition count of the deployment (`saga.in.<partition>.<saga_id>`).
+    pub partitions: u32,
+    /// This worker's stable identity (in journal message ids).
+    pub worker_id: String,
+    /// A terminal saga's actor stops after this long without input.
+    pub idle_stop_after: Duration,
+    /// Restarts of one saga actor allowed within `restart_window`.
+    pub max_restarts: u32,
+    /// Window of the restart bound.
+    pub restart_window: Duration,
+    /// How long a relay keeps retrying an unavailable broker before the actor fails
+    /// (and is restarted by its supervisor).
+    pub relay_patience: Duration,
+    /// Inputs fetched per batch from a partition consumer.
+    pub batch_size: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            partitions: 16,
+            worker_id: "worker".into(),
+            idle_stop_after: Duration::from_secs(5),
+            max_restarts: 5,
+            restart_window: Duration::from_secs(60),
+            relay_patience: Duration::from_secs(30),
+            batch_size: 128,
+        }
+    }
+}
+
+/// Definitions, ports and settings shared by the actors of one worker.
+#[derive(Clone)]
+pub struct Context {
+    /// Loaded definitions by saga type.
+    pub definitions: Arc<BTreeMap<String, Arc<SagaDefinition>>>,
+    /// The journal.
+    pub journal: Arc<dyn Journal>,
+    /// Commands, events, dead letters.
+    pub publisher: Arc<dyn Publisher>,
+    /// The local store.
+    pub store: Arc<dyn SagaStore>,
+    /// Wall clock for timestamps and persisted deadlines.
+    pub clock: Arc<dyn Clock>,
+    /// Settings.
+    pub config: RuntimeConfig,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("definitions", &self.definitions.keys().collect::<Vec<_>>())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// The definition of a saga type.
+    pub fn definition(&self, saga_type: &str) -> Option<Arc<SagaDefinition>> {
+        self.definitions.get(saga_type).cloned()
+    }
+}

@@ -1,0 +1,238 @@
+//! What goes on the wire: subjects, headers, message ids and Protobuf bodies of the
+//! messages a saga consumes and produces.
+
+use saga_core::definition::SagaDefinition;
+use saga_core::ids::partition_of;
+use saga_core::machine::{Command, DomainEvent, Input, SagaEvent, SagaState};
+use saga_core::{SagaId, Timestamp};
+use saga_ports::{header, Delivery, Headers, JournalAppend, OutgoingMessage};
+use saga_proto::{self as pb, Message};
+
+/// `saga.in.<partition>.<saga_id>`: where a saga's inputs go.
+pub fn inbox_subject(saga_id: &SagaId, partitions: u32) -> String {
+    format!("saga.in.{}.{saga_id}", partition_of(saga_id, partitions))
+}
+
+/// `saga.cmd.<service>.<action>`.
+pub fn command_subject(service: &str, action: &str) -> String {
+    format!("saga.cmd.{service}.{action}")
+}
+
+/// The message that starts a saga (deduplicated per saga id).
+pub fn start_message(
+    saga_type: &str,
+    saga_id: &SagaId,
+    payload: Option<pb::Payload>,
+    idempotency_key: &str,
+    partitions: u32,
+    now: Timestamp,
+) -> OutgoingMessage {
+    let input = pb::SagaInput {
+        saga_id: saga_id.to_string(),
+        saga_type: saga_type.to_string(),
+        kind: Some(pb::saga_input::Kind::Start(pb::StartSaga {
+            payload,
+            idempotency_key: idempotency_key.to_string(),
+            requested_at: Some(pb::timestamp(now)),
+        })),
+    };
+    OutgoingMessage {
+        subject: inbox_subject(saga_id, partitions),
+        msg_id: format!("start:{saga_id}"),
+        headers: Headers::from([(header::SAGA_ID.to_string(), saga_id.to_string())]),
+        payload: input.encode_to_vec(),
+    }
+}
+
+/// The message that asks a saga to stop and compensate.
+pub fn cancel_message(
+    saga_type: &str,
+    saga_id: &SagaId,
+    reason: &str,
+    partitions: u32,
+) -> OutgoingMessage {
+    let input = pb::SagaInput {
+        saga_id: saga_id.to_string(),
+        saga_type: saga_type.to_string(),
+        kind: Some(pb::saga_input::Kind::Cancel(pb::CancelSaga {
+            reason: reason.to_string(),
+        })),
+    };
+    OutgoingMessage {
+        subject: inbox_subject(saga_id, partitions),
+        msg_id: format!("cancel:{saga_id}"),
+        headers: Headers::from([(header::SAGA_ID.to_string(), saga_id.to_string())]),
+        payload: input.encode_to_vec(),
+    }
+}
+
+/// A decoded saga input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedInput {
+    /// Which saga.
+    pub saga_id: SagaId,
+    /// Its type.
+    pub saga_type: String,
+    /// What happened.
+    pub input: Input,
+}
+
+/// Decodes a delivery from `SAGA_INBOX`; the error says why it is unusable (for the DLQ).
+pub fn decode_input(d: &Delivery) -> Result<DecodedInput, String> {
+    let msg = pb::SagaInput::decode(d.payload.as_slice())
+        .map_err(|e| format!("undecodable saga.v1.SagaInput: {e}"))?;
+    let saga_id = SagaId::parse(&msg.saga_id).map_err(|e| e.to_string())?;
+    if !d.subject.ends_with(&format!(".{saga_id}")) {
+        return Err(format!(
+            "saga id `{saga_id}` does not match subject `{}`",
+            d.subject
+        ));
+    }
+    let input = match msg.kind.ok_or("SagaInput without kind")? {
+        pb::saga_input::Kind::Start(s) => Input::Start {
+            payload: s.payload.map(|p| p.encode_to_vec()).unwrap_or_default(),
+        },
+        pb::saga_input::Kind::Reply(r) => {
+            pb::reply_input(&r).map_err(|e| format!("bad StepReply: {e}"))?
+        }
+        pb::saga_input::Kind::Cancel(c) => Input::Cancel { reason: c.reason },
+    };
+    Ok(DecodedInput {
+        saga_id,
+        saga_type: msg.saga_type,
+        input,
+    })
+}
+
+/// The command message for a step (or compensation) attempt.
+pub fn command_message(
+    def: &SagaDefinition,
+    state: &SagaState,
+    cmd: &Command,
+    partitions: u32,
+    now: Timestamp,
+) -> OutgoingMessage {
+    let step = def.steps.iter().find(|s| s.name == cmd.step);
+    let timeout = step
+        .map(|s| match (cmd.compensation, s.compensation.action()) {
+            (true, Some(c)) => c.timeout,
+            _ => s.timeout,
+        })
+        .unwrap_or_default();
+    let payload = (!state.payload.is_empty())
+        .then(|| pb::Payload::decode(state.payload.as_slice()).ok())
+        .flatten();
+    let reply_to = inbox_subject(&state.saga_id, partitions);
+    let mut wire = pb::step_command(
+        state.saga_id.as_str(),
+        &state.saga_type,
+        cmd,
+        payload,
+        &reply_to,
+        now,
+        timeout,
+    );
+    for s in &state.steps {
+        if let Some(result) = s.result.as_ref().filter(|r| !r.is_empty()) {
+            if let Ok(p) = pb::Payload::decode(result.as_slice()) {
+                wire.results.insert(s.name.clone(), p);
+            }
+        }
+    }
+    let headers = Headers::from([
+        (header::SAGA_ID.to_string(), state.saga_id.to_string()),
+        (header::SAGA_STEP.to_string(), cmd.step.clone()),
+        (header::SAGA_ATTEMPT.to_string(), cmd.attempt.to_string()),
+        (
+            header::IDEMPOTENCY_KEY.to_string(),
+            cmd.idempotency_key.clone(),
+        ),
+        (header::REPLY_TO.to_string(), reply_to),
+    ]);
+    OutgoingMessage {
+        subject: command_subject(
+            step.map(|s| s.service.as_str()).unwrap_or(&cmd.service),
+            &cmd.action,
+        ),
+        msg_id: format!("cmd:{}:{}", cmd.idempotency_key, cmd.attempt),
+        headers,
+        payload: wire.encode_to_vec(),
+    }
+}
+
+/// The journal record of one transition. The message id names the writer, so two
+/// owners can never pass for each other's retries.
+pub fn journal_append(
+    state: &SagaState,
+    input: &Input,
+    events: &[SagaEvent],
+    worker_id: &str,
+    now: Timestamp,
+) -> JournalAppend {
+    let record = pb::JournalEvent {
+        saga_id: state.saga_id.to_string(),
+        saga_type: state.saga_type.clone(),
+        version: state.version,
+        recorded_at: Some(pb::timestamp(now)),
+        input: Some(pb::journal_input(input, state.saga_id.as_str())),
+        events: events.iter().map(pb::TransitionEvent::from).collect(),
+        state: pb::SagaState::from(state.status) as i32,
+        current_step: state.current_step_name().unwrap_or_default().to_string(),
+        compensation_reason: state.compensation_reason.clone().unwrap_or_default(),
+    };
+    JournalAppend {
+        saga_type: state.saga_type.clone(),
+        saga_id: state.saga_id.to_string(),
+        msg_id: format!("journal:{}:{}:{worker_id}", state.saga_id, state.version),
+        payload: record.encode_to_vec(),
+    }
+}
+
+/// A domain event announced as the saga ends: `events.<domain>.<Name>`, exactly once
+/// per saga (message id `event:<saga_id>:<Name>`), with the saga id as correlation id.
+pub fn domain_event_message(
+    state: &SagaState,
+    ev: &DomainEvent,
+    now: Timestamp,
+) -> OutgoingMessage {
+    let order_id = (!state.payload.is_empty())
+        .then(|| pb::Payload::decode(state.payload.as_slice()).ok())
+        .flatten()
+        .and_then(|p| match p.kind {
+            Some(pb::payload::Kind::Order(o)) if !o.order_id.is_empty() => Some(o.order_id),
+            _ => None,
+        })
+        .unwrap_or_else(|| state.saga_id.to_string());
+    let correlation_id = state.saga_id.to_string();
+    let at = Some(pb::timestamp(now));
+    let reason = ev.reason.clone().unwrap_or_default();
+    let payload = match ev.name.as_str() {
+        "OrderConfirmed" => pb::OrderConfirmed {
+            order_id,
+            confirmed_at: at,
+            correlation_id: correlation_id.clone(),
+        }
+        .encode_to_vec(),
+        "OrderCancelled" => pb::OrderCancelled {
+            order_id,
+            reason,
+            cancelled_at: at,
+            correlation_id: correlation_id.clone(),
+        }
+        .encode_to_vec(),
+        _ => pb::SagaDomainEvent {
+            name: ev.name.clone(),
+            correlation_id: correlation_id.clone(),
+            saga_type: state.saga_type.clone(),
+            reason,
+            at,
+        }
+        .encode_to_vec(),
+    };
+    OutgoingMessage {
+        subject: format!("events.{}.{}", ev.domain, ev.name),
+        msg_id: format!("event:{}:{}", state.saga_id, ev.name),
+        headers: Headers::from([(header::SAGA_ID.to_string(), correlation_id)]),
+        payload,
+    }
+}

@@ -1,0 +1,28 @@
+//! The saga runtime: ractor actors that run sagas over the ports of `saga-ports`.
+//!
+//! - [`supervisor::SagaSupervisor`] owns one [`saga_actor::SagaActor`] per live saga,
+//!   spawned on its first input or on recovery, stopped once terminal and idle, and
+//!   restarted from persisted state when it fails (with a bound on restart storms);
+//! - each saga actor applies inputs with the pure state machine, commits state, outbox
+//!   and inbox mark in one store transaction, flushes (shared), relays the outbox
+//!   (journal append fenced on the last sequence, then commands and events) and only
+//!   then acks the input; step timeouts and backoff are actor timers, persisted and
+//!   re-armed on load;
+//! - [`dispatch`] pulls inputs from the partition consumers, dead-letters what cannot
+//!   be decoded, and routes the rest;
+//! - [`Worker`] ties it together and resumes every non-terminal saga on start.
+//!
+//! Depends on the ports, never on NATS or sled: binaries wire the implementations.
+
+mod context;
+mod dispatch;
+pub mod envelope;
+mod error;
+pub mod saga_actor;
+pub mod supervisor;
+mod worker;
+
+pub use context::{Context, RuntimeConfig};
+pub use dispatch::dispatch;
+pub use error::RuntimeError;
+pub use worker::Worker;

@@ -1,0 +1,191 @@
+//! The saga supervisor: one child actor per live saga, restarts with a bound.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use saga_core::machine::Input;
+use saga_core::SagaId;
+use saga_ports::Delivery;
+use tracing::{error, warn};
+
+use crate::saga_actor::{SagaActor, SagaArgs, SagaMsg};
+use crate::Context;
+
+/// Messages of the supervisor.
+#[derive(Debug)]
+pub enum SupervisorMsg {
+    /// Route an input to its saga (spawning the actor if needed).
+    Deliver {
+        /// Which saga.
+        saga_id: SagaId,
+        /// Its type.
+        saga_type: String,
+        /// What happened.
+        input: Input,
+        /// The message it came in.
+        delivery: Option<Delivery>,
+    },
+    /// Make sure the saga's actor runs (recovery: it re-arms timers, relays the outbox).
+    Resume {
+        /// Which saga.
+        saga_id: SagaId,
+        /// Its type.
+        saga_type: String,
+    },
+    /// The live saga actors.
+    Children(RpcReplyPort<Vec<ActorRef<SagaMsg>>>),
+    /// Restarts done so far (all sagas).
+    Restarts(RpcReplyPort<u64>),
+}
+
+/// The supervisor actor.
+#[derive(Debug)]
+pub struct SagaSupervisor;
+
+/// Its state.
+#[derive(Debug)]
+pub struct SupervisorState {
+    ctx: Context,
+    children: HashMap<SagaId, (ActorRef<SagaMsg>, String)>,
+    by_actor: HashMap<ActorId, SagaId>,
+    restarts: HashMap<SagaId, Vec<Instant>>,
+    total_restarts: u64,
+}
+
+impl Actor for SagaSupervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = Context;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<SupervisorMsg>,
+        ctx: Context,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        Ok(SupervisorState {
+            ctx,
+            children: HashMap::new(),
+            by_actor: HashMap::new(),
+            restarts: HashMap::new(),
+            total_restarts: 0,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        msg: SupervisorMsg,
+        st: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::Deliver {
+                saga_id,
+                saga_type,
+                input,
+                delivery,
+            } => {
+                let mut msg = SagaMsg::Input { input, delivery };
+                // A child that is stopping refuses the message: start a fresh one.
+                for _ in 0..2 {
+                    let child = st.child(&myself, &saga_id, &saga_type).await?;
+                    match child.cast(msg) {
+                        Ok(()) => return Ok(()),
+                        Err(ractor::MessagingErr::SendErr(back)) => {
+                            st.forget(&saga_id);
+                            msg = back;
+                        }
+                        Err(e) => return Err(e.to_string().into()),
+                    }
+                }
+                warn!(%saga_id, "could not reach the saga actor; the input will be redelivered");
+            }
+            SupervisorMsg::Resume { saga_id, saga_type } => {
+                st.child(&myself, &saga_id, &saga_type).await?;
+            }
+            SupervisorMsg::Children(reply) => {
+                let _ = reply.send(st.children.values().map(|(a, _)| a.clone()).collect());
+            }
+            SupervisorMsg::Restarts(reply) => {
+                let _ = reply.send(st.total_restarts);
+            }
+        }
+        Ok(())
+    }
+
+    // ractor's default stops the supervisor when a child ends; sagas come and go.
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        evt: SupervisionEvent,
+        st: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match evt {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                if let Some(id) = st.by_actor.remove(&cell.get_id()) {
+                    if st
+                        .children
+                        .get(&id)
+                        .is_some_and(|(a, _)| a.get_id() == cell.get_id())
+                    {
+                        st.children.remove(&id);
+                    }
+                    tracing::debug!(saga_id = %id, ?reason, "saga actor stopped");
+                }
+            }
+            SupervisionEvent::ActorFailed(cell, err) => {
+                let Some(id) = st.by_actor.remove(&cell.get_id()) else {
+                    return Ok(());
+                };
+                let saga_type = st.children.remove(&id).map(|(_, t)| t).unwrap_or_default();
+                let window = st.ctx.config.restart_window;
+                let recent = st.restarts.entry(id.clone()).or_default();
+                recent.retain(|t| t.elapsed() < window);
+                if recent.len() as u32 >= st.ctx.config.max_restarts {
+                    error!(saga_id = %id, error = %err, restarts = recent.len(),
+                        "saga actor keeps failing: not restarting it now; it resumes on its next input or worker restart");
+                    return Ok(());
+                }
+                recent.push(Instant::now());
+                st.total_restarts += 1;
+                let delay = Duration::from_millis(100 * (1 << recent.len().min(6)));
+                warn!(saga_id = %id, error = %err, ?delay, "saga actor failed: restarting from persisted state");
+                myself.send_after(delay, move || SupervisorMsg::Resume {
+                    saga_id: id,
+                    saga_type,
+                });
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl SupervisorState {
+    async fn child(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        saga_id: &SagaId,
+        saga_type: &str,
+    ) -> Result<ActorRef<SagaMsg>, ActorProcessingErr> {
+        if let Some((child, _)) = self.children.get(saga_id) {
+            return Ok(child.clone());
+        }
+        let args = SagaArgs {
+            ctx: self.ctx.clone(),
+            saga_id: saga_id.clone(),
+            saga_type: saga_type.to_string(),
+        };
+        let (child, _) = Actor::spawn_linked(None, SagaActor, args, myself.get_cell()).await?;
+        self.by_actor.insert(child.get_id(), saga_id.clone());
+        self.children
+            .insert(saga_id.clone(), (child.clone(), saga_type.to_string()));
+        Ok(child)
+    }
+
+    fn forget(&mut self, saga_id: &SagaId) {
+        if let Some((child, _)) = self.children.remove(saga_id) {
+            self.by_actor.remove(&child.get_id());
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! Actor tests on the in-memory ports: no broker, no disk.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use saga_core::definition::parse_definition;
+use saga_core::machine::{Input, SagaState, SagaStatus};
+use saga_core::{apply, ManualClock, SagaId};
+use saga_ports::memory::*;
+use saga_ports::*;
+use saga_proto::{self as pb, Message};
+use saga_runtime::envelope::{inbox_subject, start_message};
+use saga_runtime::{Context, RuntimeConfig, Worker};
+
+fn checkout() -> Arc<saga_core::SagaDefinition> {
+    Arc::new(
+        parse_definition(
+            "order-checkout.yaml",
+            include_str!("../../../sagas/order-checkout.yaml"),
+        )
+        .unwrap()
+        .definition,
+    )
+}
+
+struct Rig {
+    feed: MemoryFeed,
+    publisher: MemoryPublisher,
+    journal: MemoryJournal,
+    store: Arc<dyn SagaStore>,
+    ctx: Context,
+}
+
+fn rig(store: Arc<dyn SagaStore>) -> (Rig, MemoryConsumer) {
+    let def = checkout();
+    let (feed, consumer) = memory_consumer();
+    let publisher = MemoryPublisher::default();
+    let journal = MemoryJournal::default();
+    let ctx = Context {
+        definitions: Arc::new(BTreeMap::from([(def.name.clone(), def)])),
+        journal: Arc::new(journal.clone()),
+        publisher: Arc::new(publisher.clone()),
+        store: store.clone(),
+        clock: Arc::new(ManualClock::new(1_700_000_000_000)),
+        config: RuntimeConfig {
+            partitions: 4,
+            idle_stop_after: Duration::from_millis(50),
+            ..RuntimeConfig::default()
+        },
+    };
+    (
+        Rig {
+            feed,
+            publisher,
+            journal,
+            store,
+            ctx,
+        },
+        consumer,
+    )
+}
+
+fn order_payload() -> pb::Payload {
+    pb::Payload {
+        kind: Some(pb::payload::Kind::Order(pb::Order {
+            order_id: "o-1".into(),
+            customer_id: "c-1".into(),
+            items: vec![pb::OrderItem {
+                sku: "sku-1".into(),
+                quantity: 1,
+                unit_price_cents: 500,
+            }],
+            total_cents: 500,
+        })),
+    }
+}
+
+impl Rig {
+    fn start(&self, id: &str) -> u64 {
+        let id = SagaId::parse(id).unwrap();
+        let m = start_message("OrderCheckout", &id, Some(order_payload()), "k", 4, 0);
+        self.feed.deliver(&m.subject, m.headers, m.payload)
+    }
+
+    /// Answers every command not answered yet with `answer(command)`.
+    fn answer_commands(
+        &self,
+        answered: &mut HashSet<String>,
+        answer: &dyn Fn(&pb::StepCommand) -> pb::step_reply::Outcome,
+    ) {
+        for m in self.publisher.on("saga.cmd.") {
+            if !answered.insert(m.msg_id.clone()) {
+                continue;
+            }
+            let cmd = pb::StepCommand::decode(m.payload.as_slice()).unwrap();
+            let reply = pb::SagaInput {
+                saga_id: cmd.saga_id.clone(),
+                saga_type: cmd.saga_type.clone(),
+                kind: Some(pb::saga_input::Kind::Reply(pb::StepReply {
+                    saga_id: cmd.saga_id.clone(),
+                    step: cmd.step.clone(),
+                    attempt: cmd.attempt,
+                    idempotency_key: cmd.idempotency_key.clone(),
+                    compensation: cmd.compensation,
+                    outcome: Some(answer(&cmd)),
+                    ..Default::default()
+                })),
+            };
+            self.feed
+                .deliver(&cmd.reply_to, Headers::new(), reply.encode_to_vec());
+        }
+    }
+
+    async fn run_until_terminal(
+        &self,
+        id: &str,
+        answer: &dyn Fn(&pb::StepCommand) -> pb::step_reply::Outcome,
+    ) -> SagaStatus {
+        let mut answered = HashSet::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = self.store.load(id).unwrap() {
+                if s.state.status.is_terminal() && self.store.outbox(id).unwrap().is_empty() {
+                    return s.state.status;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "saga {id} did not finish"
+            );
+            self.answer_commands(&mut answered, answer);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn journal_versions(&self, id: &str) -> Vec<u64> {
+        let subject = format!("saga.journal.OrderCheckout.{id}");
+        self.journal
+            .subjects()
+            .get(&subject)
+            .map(|v| {
+                v.iter()
+                    .map(|p| pb::JournalEvent::decode(p.as_slice()).unwrap().version)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn ok(_: &pb::StepCommand) -> pb::step_reply::Outcome {
+    pb::step_reply::Outcome::Ok(pb::StepOk { result: None })
+}
+
+#[tokio::test]
+async fn a_saga_completes_with_a_gapless_journal_and_every_input_acked() {
+    let (rig, consumer) = rig(Arc::new(MemoryStore::default()));
+    let worker = Worker::start(rig.ctx.clone(), vec![Box::new(consumer)])
+        .await
+        .unwrap();
+    rig.start("s-1");
+    assert_eq!(
+        rig.run_until_terminal("s-1", &ok).await,
+        SagaStatus::Completed
+    );
+    // start + 3 replies = 4 transitions, versions 1..=4 in order.
+    assert_eq!(rig.journal_versions("s-1"), [1, 2, 3, 4]);
+    let events = rig.publisher.on("events.orders.");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].subject, "events.orders.OrderConfirmed");
+    let confirmed = pb::OrderConfirmed::decode(events[0].payload.as_slice()).unwrap();
+    assert_eq!(
+        (
+            confirmed.order_id.as_str(),
+            confirmed.correlation_id.as_str()
+        ),
+        ("o-1", "s-1")
+    );
+    let settled = rig.feed.settled();
+    assert_eq!(settled.len(), 4);
+    assert!(settled.iter().all(|(_, s)| *s == Settled::Ack));
+    worker.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_redelivered_input_is_acked_without_a_second_transition() {
+    let (rig, consumer) = rig(Arc::new(MemoryStore::default()));
+    let worker = Worker::start(rig.ctx.clone(), vec![Box::new(consumer)])
+        .await
+        .unwrap();
+    let seq = rig.start("s-2");
+    // Wait for the first command, then deliver the start again with the same sequence.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while rig.publisher.on("saga.cmd.").is_empty() {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let id = SagaId::parse("s-2").unwrap();
+    let m = start_message("OrderCheckout", &id, Some(order_payload()), "k", 4, 0);
+    rig.feed.redeliver(seq, &m.subject, m.headers, m.payload, 2);
+    while rig.feed.settled().iter().filter(|(s, _)| *s == seq).count() < 2 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(rig.journal_versions("s-2"), [1]);
+    assert_eq!(rig.publisher.on("saga.cmd.").len(), 1);
+    worker.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn garbage_and_unknown_saga_types_go_to_the_dlq_and_others_still_run() {
+    let (rig, consumer) = rig(Arc::new(MemoryStore::default()));
+    let worker = Worker::start(rig.ctx.clone(), vec![Box::new(consumer)])
+        .await
+        .unwrap();
+    let bad = rig
+        .feed
+        .deliver("saga.in.0.x", Headers::new(), vec![0xff, 0x01, 0x02]);
+    let id = SagaId::parse("s-3").unwrap();
+    let other = start_message("NoSuchSaga", &id, None, "k", 4, 0);
+    let unknown = rig
+        .feed
+        .deliver(&other.subject, other.headers, other.payload);
+    rig.start("s-4");
+    assert_eq!(
+        rig.run_until_terminal("s-4", &ok).await,
+        SagaStatus::Completed
+    );
+    let dlq = rig.publisher.on("dlq.");
+    assert_eq!(dlq.len(), 2, "{dlq:?}");
+    assert!(dlq[0].headers[header::DLQ_REASON].contains("undecodable"));
+    assert!(dlq[1].headers[header::DLQ_REASON].contains("unknown saga type `NoSuchSaga`"));
+    let settled = rig.feed.settled();
+    assert!(settled.contains(&(bad, Settled::Term)));
+    assert!(settled.contains(&(unknown, Settled::Term)));
+    worker.shutdown(Duration::from_secs(1)).await;
+}
+
+/// A store whose first `n` commits fail: the actor fails and must be restarted.
+struct FlakyStore {
+    inner: MemoryStore,
+    failures: AtomicUsize,
+}
+
+#[async_trait]
+impl SagaStore for FlakyStore {
+    fn commit(&self, c: &Commit) -> Result<Vec<OutboxEntry>, StoreError> {
+        if self
+            .failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(StoreError::Io("disk hiccup".into()));
+        }
+        self.inner.commit(c)
+    }
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.inner.flush().await
+    }
+    fn load(&self, id: &str) -> Result<Option<StoredSaga>, StoreError> {
+        self.inner.load(id)
+    }
+    fn active(&self) -> Result<Vec<StoredSaga>, StoreError> {
+        self.inner.active()
+    }
+    fn outbox(&self, id: &str) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.inner.outbox(id)
+    }
+    fn outbox_done(&self, id: &str, p: u64, j: Option<u64>) -> Result<(), StoreError> {
+        self.inner.outbox_done(id, p, j)
+    }
+    fn seen(&self, id: &str) -> Result<bool, StoreError> {
+        self.inner.seen(id)
+    }
+    fn prune_inbox(&self, before: u64) -> Result<usize, StoreError> {
+        self.inner.prune_inbox(before)
+    }
+}
+
+#[tokio::test]
+async fn a_failed_saga_actor_is_restarted_and_the_saga_finishes() {
+    let store = Arc::new(FlakyStore {
+        inner: MemoryStore::default(),
+        failures: AtomicUsize::new(1),
+    });
+    let (rig, consumer) = rig(store);
+    let worker = Worker::start(rig.ctx.clone(), vec![Box::new(consumer)])
+        .await
+        .unwrap();
+    let seq = rig.start("s-5");
+    // The first commit fails: the actor fails, nothing is acked, the supervisor restarts it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while worker.restarts().await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no restart");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(rig.feed.settled().is_empty());
+    // The broker redelivers the unacked input.
+    let id = SagaId::parse("s-5").unwrap();
+    let m = start_message("OrderCheckout", &id, Some(order_payload()), "k", 4, 0);
+    rig.feed.redeliver(seq, &m.subject, m.headers, m.payload, 2);
+    assert_eq!(
+        rig.run_until_terminal("s-5", &ok).await,
+        SagaStatus::Completed
+    );
+    assert_eq!(worker.restarts().await, 1);
+    worker.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn timers_are_rearmed_on_load_and_a_timeout_leads_to_a_retry() {
+    let def = checkout();
+    let store = Arc::new(MemoryStore::default());
+    let (rig, consumer) = rig(store.clone());
+    // A saga persisted by an earlier run: ReserveStock sent, its timeout armed.
+    let id = SagaId::parse("s-6").unwrap();
+    let now = 1_700_000_000_000;
+    let t = apply(
+        &def,
+        &SagaState::new(&def, id.clone(), now),
+        &Input::Start { payload: vec![] },
+        now,
+    );
+    let timers: Vec<_> = t
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            saga_core::Effect::ArmTimer { key, at, .. } => Some((key.clone(), *at)),
+            _ => None,
+        })
+        .collect();
+    store
+        .commit(&Commit {
+            saga: StoredSaga {
+                state: t.state,
+                journal_sequence: 0,
+                timers,
+            },
+            outbox: vec![],
+            input_id: None,
+            at: now,
+        })
+        .unwrap();
+    let worker = Worker::start(rig.ctx.clone(), vec![Box::new(consumer)])
+        .await
+        .unwrap();
+    // Nobody answers: the 5s step timeout fires, then the backoff, then attempt 2 goes out.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let attempts: Vec<String> = rig
+            .publisher
+            .on("saga.cmd.inventory.ReserveStock")
+            .iter()
+            .map(|m| m.headers[header::SAGA_ATTEMPT].clone())
+            .collect();
+        if attempts == ["2"] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no retry: {attempts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s = store.load("s-6").unwrap().unwrap();
+    assert_eq!(s.state.steps[0].attempts, 2);
+    assert_eq!(
+        inbox_subject(&id, 4),
+        format!("saga.in.{}.s-6", saga_core::ids::partition_of(&id, 4))
+    );
+    worker.shutdown(Duration::from_secs(1)).await;
+}
