@@ -1,2 +1,247 @@
-//! End-to-end tests of the saga runtime against a real `nats-server` (started per test
-//! by `saga-testkit`). The tests live in `tests/tests/`; this library is empty.
+//! Harness of the end-to-end tests: a real `nats-server` (from `saga-testkit`), the
+//! real `saga-worker` and participant binaries as child processes, and helpers that
+//! observe what a user would (journal, events, DLQ).
+//!
+//! The binaries must be built first (`cargo build --workspace --bins`; `make test`
+//! does it).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use saga_core::SagaId;
+use saga_nats::NatsJournal;
+use saga_ports::{Journal, Publisher};
+use saga_proto::{self as pb, Message};
+use saga_testkit::{NatsServer, ProcessGuard};
+
+/// Partitions used by the tests.
+pub const PARTITIONS: u32 = 4;
+
+/// Path of a binary of this workspace, built next to the test executable.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`, done by `make test`)",
+        path.display()
+    );
+    path
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A NATS server, a scratch directory and the processes of one test.
+#[derive(Debug)]
+pub struct Stack {
+    /// The server.
+    pub nats: NatsServer,
+    /// Scratch space (data dirs of workers and participants).
+    pub dir: tempfile::TempDir,
+}
+
+impl Stack {
+    /// A fresh server and scratch directory.
+    pub fn new() -> Self {
+        Self {
+            nats: NatsServer::start().expect("nats-server (run `make setup`)"),
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// A data directory for a process.
+    pub fn data_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Starts `saga-worker` with its own data dir and extra environment.
+    pub fn worker(&self, name: &str, env: &[(&str, &str)]) -> ProcessGuard {
+        let mut cmd = Command::new(binary("saga-worker"));
+        cmd.env("NATS_URL", self.nats.url())
+            .env("DATA_DIR", self.data_dir(name))
+            .env("SAGAS_DIR", repo().join("sagas"))
+            .env("PARTITIONS", PARTITIONS.to_string())
+            .env("RUST_LOG", "warn");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        ProcessGuard::spawn(&mut cmd).expect("spawn saga-worker")
+    }
+
+    /// Starts an example participant binary with its own data dir and extra flags.
+    pub fn participant(&self, bin: &str, name: &str, args: &[&str]) -> ProcessGuard {
+        let mut cmd = Command::new(binary(bin));
+        cmd.env("NATS_URL", self.nats.url())
+            .env("DATA_DIR", self.data_dir(name))
+            .env("RUST_LOG", "warn")
+            .args(args);
+        ProcessGuard::spawn(&mut cmd).expect("spawn participant")
+    }
+
+    /// A JetStream client.
+    pub async fn js(&self) -> async_nats::jetstream::Context {
+        let client = saga_nats::connect(&self.nats.url()).await.expect("connect");
+        async_nats::jetstream::new(client)
+    }
+}
+
+impl Default for Stack {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// An order payload.
+pub fn order(order_id: &str, customer: &str, items: &[(&str, i64, i64)]) -> pb::Payload {
+    let items: Vec<pb::OrderItem> = items
+        .iter()
+        .map(|(sku, q, p)| pb::OrderItem {
+            sku: sku.to_string(),
+            quantity: *q,
+            unit_price_cents: *p,
+        })
+        .collect();
+    pb::Payload {
+        kind: Some(pb::payload::Kind::Order(pb::Order {
+            order_id: order_id.into(),
+            customer_id: customer.into(),
+            total_cents: items.iter().map(|i| i.quantity * i.unit_price_cents).sum(),
+            items,
+        })),
+    }
+}
+
+/// Publishes the start of a saga (retrying while the server is unreachable).
+pub async fn start_saga(
+    js: &async_nats::jetstream::Context,
+    saga_type: &str,
+    id: &str,
+    payload: pb::Payload,
+) {
+    let id = SagaId::parse(id).expect("valid id");
+    let msg = saga_runtime::envelope::start_message(
+        saga_type,
+        &id,
+        Some(payload),
+        id.as_str(),
+        PARTITIONS,
+        0,
+    );
+    let publisher = saga_nats::NatsPublisher::new(js.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match publisher.publish(&msg).await {
+            Ok(_) => return,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("start {id}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("could not start saga {id}: {e}"),
+        }
+    }
+}
+
+/// The journal of a saga, decoded.
+pub async fn journal(
+    js: &async_nats::jetstream::Context,
+    saga_type: &str,
+    id: &str,
+) -> Vec<pb::JournalEvent> {
+    let records = NatsJournal::new(js.clone())
+        .read(saga_type, id)
+        .await
+        .unwrap_or_default();
+    records
+        .iter()
+        .map(|r| pb::JournalEvent::decode(r.payload.as_slice()).expect("journal record"))
+        .collect()
+}
+
+/// The saga's state as its journal tells (UNSPECIFIED when it has no record yet).
+pub async fn state(
+    js: &async_nats::jetstream::Context,
+    saga_type: &str,
+    id: &str,
+) -> pb::SagaState {
+    journal(js, saga_type, id)
+        .await
+        .last()
+        .map(|e| e.state())
+        .unwrap_or(pb::SagaState::Unspecified)
+}
+
+/// Waits until every saga is terminal; returns their final states in order.
+pub async fn wait_terminal(
+    js: &async_nats::jetstream::Context,
+    saga_type: &str,
+    ids: &[String],
+    within: Duration,
+) -> Vec<pb::SagaState> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let mut states = Vec::with_capacity(ids.len());
+        for id in ids {
+            states.push(state(js, saga_type, id).await);
+        }
+        let terminal = states.iter().all(|s| {
+            matches!(
+                s,
+                pb::SagaState::Completed | pb::SagaState::Compensated | pb::SagaState::Failed
+            )
+        });
+        if terminal {
+            return states;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let pending: Vec<_> = ids
+                .iter()
+                .zip(&states)
+                .filter(|(_, s)| {
+                    !matches!(
+                        s,
+                        pb::SagaState::Completed
+                            | pb::SagaState::Compensated
+                            | pb::SagaState::Failed
+                    )
+                })
+                .map(|(i, s)| format!("{i}={}", s.as_str_name()))
+                .collect();
+            panic!(
+                "{} saga(s) not terminal after {within:?}: {pending:?}",
+                pending.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every message stored on subjects matching `filter` (wildcards allowed) in
+/// `stream`, oldest first.
+pub async fn messages(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    filter: &str,
+) -> Vec<async_nats::jetstream::message::StreamMessage> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    let stream = js.get_stream(stream).await.expect("stream");
+    let mut out = Vec::new();
+    let mut next = 0u64;
+    loop {
+        match stream.get_first_raw_message_by_subject(filter, next).await {
+            Ok(m) => {
+                next = m.sequence + 1;
+                out.push(m);
+            }
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return out,
+            Err(e) => panic!("reading {filter}: {e}"),
+        }
+    }
+}

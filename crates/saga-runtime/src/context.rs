@@ -57,6 +57,17 @@ pub struct Context {
     pub clock: Arc<dyn Clock>,
     /// Settings.
     pub config: RuntimeConfig,
+    /// Called at each [`FaultPoint`]; lets fault tests kill the process exactly there.
+    pub fault_hook: Option<Arc<dyn Fn(FaultPoint) + Send + Sync>>,
+}
+
+/// Places in the commit protocol where a crash is most interesting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FaultPoint {
+    /// The transition is durable in the store; nothing is published yet.
+    AfterCommit,
+    /// Journal and commands are published; the input is not acked yet.
+    AfterPublish,
 }
 
 impl std::fmt::Debug for Context {
@@ -69,6 +80,12 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
+    pub(crate) fn fault(&self, point: FaultPoint) {
+        if let Some(hook) = &self.fault_hook {
+            hook(point);
+        }
+    }
+
     /// The definition of a saga type.
     pub fn definition(&self, saga_type: &str) -> Option<Arc<SagaDefinition>> {
         self.definitions.get(saga_type).cloned()

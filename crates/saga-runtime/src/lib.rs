@@ -22,7 +22,7 @@ pub mod saga_actor;
 pub mod supervisor;
 mod worker;
 
-pub use context::{Context, RuntimeConfig};
+pub use context::{Context, FaultPoint, RuntimeConfig};
 pub use dispatch::dispatch;
 pub use error::RuntimeError;
 pub use worker::Worker;

@@ -16,7 +16,7 @@ use saga_proto::{self as pb, Message};
 use tracing::{debug, info, warn};
 
 use crate::envelope::{command_message, domain_event_message, journal_append};
-use crate::{Context, RuntimeError};
+use crate::{Context, FaultPoint, RuntimeError};
 
 /// Messages a saga actor handles.
 #[derive(Debug)]
@@ -225,7 +225,9 @@ impl SagaActorState {
         }
         let input_id = delivery.as_ref().map(Delivery::input_id);
         self.transition(myself, input, input_id).await?;
+        self.ctx.fault(FaultPoint::AfterCommit);
         self.relay(myself).await?;
+        self.ctx.fault(FaultPoint::AfterPublish);
         if let Some(d) = &delivery {
             settle_ack(d).await;
         }

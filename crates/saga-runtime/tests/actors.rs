@@ -50,6 +50,7 @@ fn rig(store: Arc<dyn SagaStore>) -> (Rig, MemoryConsumer) {
             idle_stop_after: Duration::from_millis(50),
             ..RuntimeConfig::default()
         },
+        fault_hook: None,
     };
     (
         Rig {

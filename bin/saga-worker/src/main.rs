@@ -1,0 +1,195 @@
+//! `saga-worker`: loads the saga definitions, provisions JetStream, and runs every saga
+//! of the partitions it consumes, resuming unfinished ones from its local store.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use clap::Parser;
+use saga_core::definition::{load_file, SagaDefinition};
+use saga_core::{Clock, SystemClock};
+use saga_nats::{NatsConsumer, NatsJournal, NatsPublisher, ProvisionConfig};
+use saga_ports::{Consumer, SagaStore};
+use saga_runtime::{Context, FaultPoint, RuntimeConfig, Worker};
+use saga_store_sled::SledStore;
+use tracing::{error, info, warn};
+
+/// Runs sagas from NATS JetStream.
+#[derive(Debug, Parser)]
+#[command(name = "saga-worker", version, about)]
+struct Args {
+    /// NATS server URL.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// Directory of the worker's local store.
+    #[arg(long, env = "DATA_DIR", default_value = "data/worker")]
+    data_dir: PathBuf,
+    /// Directory of saga definitions (*.yaml).
+    #[arg(long, env = "SAGAS_DIR", default_value = "sagas")]
+    sagas: PathBuf,
+    /// Partition count of the deployment.
+    #[arg(long, env = "PARTITIONS", default_value_t = 16)]
+    partitions: u32,
+    /// How long processed input ids are remembered, in seconds.
+    #[arg(long, env = "INBOX_WINDOW_SECS", default_value_t = 24 * 3600)]
+    inbox_window_secs: u64,
+    /// Seconds to let in-flight transitions finish on SIGTERM.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    shutdown_grace_secs: u64,
+    /// Fault injection for tests: `after-commit:N` or `after-publish:N` sends SIGKILL to
+    /// this process at the N-th input reaching that point.
+    #[arg(long, env = "SAGA_CRASH_AT", hide = true)]
+    crash_at: Option<String>,
+}
+
+#[tokio::main]
+async fn main() {
+    saga_telemetry::init("saga-worker");
+    if let Err(e) = run(Args::parse()).await {
+        error!("{e:#}");
+        eprintln!("saga-worker: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    let definitions = load_definitions(&args.sagas)?;
+    info!(sagas = ?definitions.keys().collect::<Vec<_>>(), "definitions loaded");
+
+    let client = saga_nats::connect_as(&args.nats_url, "saga-worker")
+        .await
+        .with_context(|| format!("connecting to NATS at {}", args.nats_url))?;
+    let js = async_nats::jetstream::new(client);
+    saga_nats::provision(
+        &js,
+        &ProvisionConfig {
+            partitions: args.partitions,
+            ..ProvisionConfig::default()
+        },
+    )
+    .await
+    .context("provisioning JetStream")?;
+
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let store = Arc::new(
+        SledStore::open(args.data_dir.join("store"))
+            .with_context(|| format!("opening the store in {}", args.data_dir.display()))?,
+    );
+    let worker_id = store.worker_id().to_string();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let ctx = Context {
+        definitions: Arc::new(definitions),
+        journal: Arc::new(NatsJournal::new(js.clone())),
+        publisher: Arc::new(NatsPublisher::new(js.clone())),
+        store: store.clone(),
+        clock: clock.clone(),
+        config: RuntimeConfig {
+            partitions: args.partitions,
+            worker_id: worker_id.clone(),
+            ..RuntimeConfig::default()
+        },
+        fault_hook: args.crash_at.as_deref().map(fault_hook).transpose()?,
+    };
+    let mut consumers: Vec<Box<dyn Consumer>> = Vec::new();
+    for p in 0..args.partitions {
+        consumers.push(Box::new(
+            NatsConsumer::partition(&js, p)
+                .await
+                .with_context(|| format!("binding partition consumer saga-p{p}"))?,
+        ));
+    }
+    let worker = Worker::start(ctx, consumers).await?;
+    info!(%worker_id, partitions = args.partitions, nats = %args.nats_url, "saga-worker running");
+
+    let window = Duration::from_secs(args.inbox_window_secs);
+    let pruner = tokio::spawn(prune_inbox(store.clone(), clock, window));
+    shutdown_signal().await;
+    info!("shutting down: finishing in-flight transitions");
+    pruner.abort();
+    worker
+        .shutdown(Duration::from_secs(args.shutdown_grace_secs))
+        .await;
+    store.flush().await?;
+    Ok(())
+}
+
+fn load_definitions(dir: &Path) -> Result<BTreeMap<String, Arc<SagaDefinition>>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading saga definitions from {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    let mut out = BTreeMap::new();
+    let mut problems = Vec::new();
+    for f in files {
+        match load_file(&f) {
+            Ok(l) => {
+                if let Some(old) = out.insert(l.definition.name.clone(), Arc::new(l.definition)) {
+                    problems.push(format!(
+                        "{}: saga `{}` is defined twice",
+                        f.display(),
+                        old.name
+                    ));
+                }
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    if !problems.is_empty() {
+        bail!("invalid saga definitions:\n{}", problems.join("\n"));
+    }
+    if out.is_empty() {
+        bail!("no saga definitions (*.yaml) in {}", dir.display());
+    }
+    Ok(out)
+}
+
+fn fault_hook(spec: &str) -> Result<Arc<dyn Fn(FaultPoint) + Send + Sync>> {
+    let (point, n) = spec
+        .split_once(':')
+        .with_context(|| format!("SAGA_CRASH_AT `{spec}`: expected POINT:N"))?;
+    let point = match point {
+        "after-commit" => FaultPoint::AfterCommit,
+        "after-publish" => FaultPoint::AfterPublish,
+        other => bail!("SAGA_CRASH_AT: unknown point `{other}` (after-commit, after-publish)"),
+    };
+    let n: u64 = n.parse().context("SAGA_CRASH_AT: N must be a number")?;
+    let hits = AtomicU64::new(0);
+    warn!(
+        ?point,
+        n, "fault injection armed: this process will SIGKILL itself"
+    );
+    Ok(Arc::new(move |at| {
+        if at == point && hits.fetch_add(1, Ordering::SeqCst) + 1 == n {
+            eprintln!("saga-worker: injected crash at {at:?}");
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
+        }
+    }))
+}
+
+async fn prune_inbox(store: Arc<SledStore>, clock: Arc<dyn Clock>, window: Duration) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(600).min(window)).await;
+        let before = clock.now().saturating_sub(window.as_millis() as u64);
+        match store.prune_inbox(before) {
+            Ok(n) if n > 0 => info!(pruned = n, "inbox window applied"),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "pruning the inbox failed"),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
