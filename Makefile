@@ -19,7 +19,8 @@ demo: setup ## validate and draw the shipped sagas (the stack demo comes with th
 	$(CARGO) run -q -p sagactl -- def validate --explain $(SAGAS)
 	$(CARGO) run -q -p sagactl -- def graph sagas/order-checkout.yaml
 
-test: setup ## run every test (unit, property, CLI, real nats-server)
+test: setup ## run every test (unit, property, CLI, end-to-end on a real nats-server)
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --all-targets --no-fail-fast
 	$(CARGO) test --workspace --doc
 

@@ -245,3 +245,58 @@ pub async fn messages(
         }
     }
 }
+
+/// A sagas directory with the shipped definitions plus `extra` (file name, YAML).
+pub fn sagas_dir_with(stack: &Stack, extra: &[(&str, &str)]) -> PathBuf {
+    let dir = stack.data_dir("sagas");
+    std::fs::create_dir_all(&dir).expect("sagas dir");
+    for entry in std::fs::read_dir(repo().join("sagas")).expect("sagas/") {
+        let p = entry.expect("entry").path();
+        std::fs::copy(&p, dir.join(p.file_name().expect("name"))).expect("copy");
+    }
+    for (name, yaml) in extra {
+        std::fs::write(dir.join(name), yaml).expect("write saga");
+    }
+    dir
+}
+
+/// Waits until the worker has provisioned JetStream (its partition consumers exist).
+pub async fn wait_provisioned(js: &async_nats::jetstream::Context) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(stream) = js.get_stream("SAGA_INBOX").await {
+            if stream
+                .consumer_info(format!("saga-p{}", PARTITIONS - 1))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "JetStream not provisioned within 30s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The transition events of a journal, flattened as `KIND step attempt`.
+pub fn event_log(journal: &[pb::JournalEvent]) -> Vec<String> {
+    journal
+        .iter()
+        .flat_map(|e| e.events.iter())
+        .map(|t| {
+            let kind = t
+                .kind()
+                .as_str_name()
+                .trim_start_matches("TRANSITION_EVENT_KIND_")
+                .to_string();
+            match (t.step.is_empty(), t.attempt) {
+                (true, _) => kind,
+                (false, 0) => format!("{kind} {}", t.step),
+                (false, a) => format!("{kind} {} {a}", t.step),
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,153 @@
+//! Step timeouts, retries with backoff, and in-doubt compensation, with the test itself
+//! playing a participant that answers late or never.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use saga_e2e::*;
+use saga_nats::{ConsumerSettings, NatsConsumer, NatsPublisher};
+use saga_ports::{Consumer, Headers, OutgoingMessage, Publisher};
+use saga_proto::{self as pb, Message};
+
+const SAGA: &str = "saga:
+  name: TimeoutSaga
+  steps:
+    - name: Slow
+      service: slowsvc
+      action: doSlow
+      compensation: undoSlow
+      timeout: 500ms
+      retryPolicy: {max_attempts: 3, initial: 100ms, multiplier: 2, max: 1s, jitter: 0}
+    - name: Last
+      service: slowsvc
+      action: doLast
+      timeout: 2s
+";
+
+/// Answers commands of `slowsvc` with `decide(command)`; `None` stays silent.
+async fn play_participant(
+    js: async_nats::jetstream::Context,
+    decide: Arc<dyn Fn(&pb::StepCommand) -> Option<pb::step_reply::Outcome> + Send + Sync>,
+) {
+    saga_nats::ensure_service_consumer(&js, "slowsvc", &ConsumerSettings::default())
+        .await
+        .unwrap();
+    let mut consumer = NatsConsumer::service(&js, "slowsvc").await.unwrap();
+    let publisher = NatsPublisher::new(js.clone());
+    loop {
+        let Ok(batch) = consumer.fetch(10, Duration::from_millis(500)).await else {
+            continue;
+        };
+        for d in batch {
+            let cmd = pb::StepCommand::decode(d.payload.as_slice()).unwrap();
+            if let Some(outcome) = decide(&cmd) {
+                let reply = pb::SagaInput {
+                    saga_id: cmd.saga_id.clone(),
+                    saga_type: cmd.saga_type.clone(),
+                    kind: Some(pb::saga_input::Kind::Reply(pb::StepReply {
+                        saga_id: cmd.saga_id.clone(),
+                        step: cmd.step.clone(),
+                        attempt: cmd.attempt,
+                        idempotency_key: cmd.idempotency_key.clone(),
+                        compensation: cmd.compensation,
+                        outcome: Some(outcome),
+                        service: "slowsvc".into(),
+                        replied_at: None,
+                    })),
+                };
+                publisher
+                    .publish(&OutgoingMessage {
+                        subject: cmd.reply_to.clone(),
+                        msg_id: format!("reply:{}:{}", cmd.idempotency_key, cmd.attempt),
+                        headers: Headers::new(),
+                        payload: reply.encode_to_vec(),
+                    })
+                    .await
+                    .unwrap();
+            }
+            d.acker.ack().await.unwrap();
+        }
+    }
+}
+
+fn ok() -> Option<pb::step_reply::Outcome> {
+    Some(pb::step_reply::Outcome::Ok(pb::StepOk { result: None }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_step_is_retried_with_backoff_and_succeeds() {
+    let stack = Stack::new();
+    let sagas = sagas_dir_with(&stack, &[("timeout.yaml", SAGA)]);
+    let _worker = stack.worker("w", &[("SAGAS_DIR", sagas.to_str().unwrap())]);
+    let js = stack.js().await;
+    wait_provisioned(&js).await;
+    let participant = tokio::spawn(play_participant(
+        js.clone(),
+        Arc::new(|c: &pb::StepCommand| match (c.action.as_str(), c.attempt) {
+            ("doSlow", 1) => None, // too slow: the worker's 500ms timer fires
+            _ => ok(),
+        }),
+    ));
+    start_saga(&js, "TimeoutSaga", "t-1", pb::Payload::default()).await;
+    let states = wait_terminal(&js, "TimeoutSaga", &["t-1".into()], Duration::from_secs(30)).await;
+    assert_eq!(states, [pb::SagaState::Completed]);
+    let log = event_log(&journal(&js, "TimeoutSaga", "t-1").await);
+    let want = [
+        "SAGA_STARTED",
+        "STEP_STARTED Slow 1",
+        "STEP_TIMED_OUT Slow 1",
+        "RETRY_SCHEDULED Slow 2",
+        "STEP_STARTED Slow 2",
+        "STEP_SUCCEEDED Slow 2",
+        "STEP_STARTED Last 1",
+        "STEP_SUCCEEDED Last 1",
+        "SAGA_COMPLETED",
+    ];
+    assert_eq!(log, want);
+    // The backoff recorded is the policy's first delay (jitter 0).
+    let j = journal(&js, "TimeoutSaga", "t-1").await;
+    let delay = j
+        .iter()
+        .flat_map(|e| &e.events)
+        .find(|t| t.kind() == pb::TransitionEventKind::RetryScheduled)
+        .and_then(|t| t.delay)
+        .unwrap();
+    assert_eq!((delay.seconds, delay.nanos), (0, 100_000_000));
+    participant.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_retries_run_out_the_in_doubt_step_is_compensated() {
+    let stack = Stack::new();
+    let sagas = sagas_dir_with(&stack, &[("timeout.yaml", SAGA)]);
+    let _worker = stack.worker("w", &[("SAGAS_DIR", sagas.to_str().unwrap())]);
+    let js = stack.js().await;
+    wait_provisioned(&js).await;
+    let participant = tokio::spawn(play_participant(
+        js.clone(),
+        Arc::new(|c: &pb::StepCommand| match c.action.as_str() {
+            "doSlow" => None, // never answers
+            _ => ok(),
+        }),
+    ));
+    start_saga(&js, "TimeoutSaga", "t-2", pb::Payload::default()).await;
+    let states = wait_terminal(&js, "TimeoutSaga", &["t-2".into()], Duration::from_secs(30)).await;
+    assert_eq!(states, [pb::SagaState::Compensated]);
+    let log = event_log(&journal(&js, "TimeoutSaga", "t-2").await);
+    let attempts: Vec<&String> = log
+        .iter()
+        .filter(|l| l.starts_with("STEP_STARTED Slow"))
+        .collect();
+    assert_eq!(attempts.len(), 3, "{log:?}");
+    assert!(log.contains(&"STEP_IN_DOUBT Slow".to_string()), "{log:?}");
+    assert!(
+        log.contains(&"COMPENSATION_STEP_STARTED Slow 1".to_string()),
+        "{log:?}"
+    );
+    assert!(
+        log.contains(&"STEP_COMPENSATED Slow".to_string()),
+        "{log:?}"
+    );
+    assert!(!log.iter().any(|l| l.contains("Last")), "{log:?}");
+    participant.abort();
+}
