@@ -11,7 +11,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::Parser;
 use saga_core::definition::{load_file, SagaDefinition};
 use saga_core::{Clock, SystemClock};
-use saga_nats::{NatsConsumer, NatsJournal, NatsPublisher, ProvisionConfig};
+use saga_nats::{ConsumerSettings, NatsConsumer, NatsJournal, NatsPublisher, ProvisionConfig};
 use saga_ports::{Consumer, SagaStore};
 use saga_runtime::{Context, FaultPoint, RuntimeConfig, Worker};
 use saga_store_sled::SledStore;
@@ -36,6 +36,13 @@ struct Args {
     /// How long processed input ids are remembered, in seconds.
     #[arg(long, env = "INBOX_WINDOW_SECS", default_value_t = 24 * 3600)]
     inbox_window_secs: u64,
+    /// Seconds before an unacknowledged input is delivered again (the partition
+    /// consumers' ack wait); also the first step of their redelivery backoff.
+    #[arg(long, env = "INPUT_ACK_WAIT_SECS", default_value_t = 30)]
+    input_ack_wait_secs: u64,
+    /// Deliveries of one input before it goes to the dead-letter stream.
+    #[arg(long, env = "INPUT_MAX_DELIVER", default_value_t = 10)]
+    input_max_deliver: i64,
     /// Seconds to let in-flight transitions finish on SIGTERM.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     shutdown_grace_secs: u64,
@@ -63,10 +70,17 @@ async fn run(args: Args) -> Result<()> {
         .await
         .with_context(|| format!("connecting to NATS at {}", args.nats_url))?;
     let js = async_nats::jetstream::new(client);
+    let ack_wait = Duration::from_secs(args.input_ack_wait_secs.max(1));
     saga_nats::provision(
         &js,
         &ProvisionConfig {
             partitions: args.partitions,
+            partition_consumer: ConsumerSettings {
+                ack_wait,
+                max_deliver: args.input_max_deliver,
+                backoff: vec![ack_wait, ack_wait * 2, ack_wait * 4],
+                ..ConsumerSettings::default()
+            },
             ..ProvisionConfig::default()
         },
     )
@@ -90,6 +104,7 @@ async fn run(args: Args) -> Result<()> {
         config: RuntimeConfig {
             partitions: args.partitions,
             worker_id: worker_id.clone(),
+            max_deliver: args.input_max_deliver.max(1) as u64,
             ..RuntimeConfig::default()
         },
         fault_hook: args.crash_at.as_deref().map(fault_hook).transpose()?,

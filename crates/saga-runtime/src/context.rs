@@ -26,6 +26,9 @@ pub struct RuntimeConfig {
     pub relay_patience: Duration,
     /// Inputs fetched per batch from a partition consumer.
     pub batch_size: usize,
+    /// The consumers' delivery limit: an input delivered this many times without being
+    /// processed goes to the dead-letter stream instead of being tried again.
+    pub max_deliver: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -38,6 +41,7 @@ impl Default for RuntimeConfig {
             restart_window: Duration::from_secs(60),
             relay_patience: Duration::from_secs(30),
             batch_size: 128,
+            max_deliver: 10,
         }
     }
 }

@@ -39,6 +39,14 @@ pub async fn dispatch(
             }
         };
         for d in batch {
+            if d.delivered >= ctx.config.max_deliver {
+                let why = format!(
+                    "delivered {} times without being processed (max_deliver {})",
+                    d.delivered, ctx.config.max_deliver
+                );
+                dead_letter(&ctx, &d, &why).await;
+                continue;
+            }
             match decode_input(&d) {
                 Ok(decoded) if ctx.definitions.contains_key(&decoded.saga_type) => {
                     debug!(saga_id = %decoded.saga_id, subject = %d.subject, "input");

@@ -115,7 +115,16 @@ impl Actor for SagaActor {
     ) -> Result<(), ActorProcessingErr> {
         st.activity += 1;
         match msg {
-            SagaMsg::Input { input, delivery } => st.on_input(&myself, input, delivery).await?,
+            SagaMsg::Input { input, delivery } => {
+                if let Err(e) = st.on_input(&myself, input, delivery.as_ref()).await {
+                    // Hand the input back at once rather than after the ack wait; the
+                    // actor fails and is restarted from what is durable.
+                    if let Some(d) = &delivery {
+                        let _ = d.acker.nak(Some(Duration::from_millis(500))).await;
+                    }
+                    return Err(e);
+                }
+            }
             SagaMsg::Timer(key) => {
                 st.timers.remove(&key);
                 let armed = st
@@ -191,9 +200,9 @@ impl SagaActorState {
         &mut self,
         myself: &ActorRef<SagaMsg>,
         input: Input,
-        delivery: Option<Delivery>,
+        delivery: Option<&Delivery>,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(d) = &delivery {
+        if let Some(d) = delivery {
             if self.ctx.store.seen(&d.input_id())? {
                 debug!(saga_id = %self.saga_id, input = %d.input_id(), "redelivered input: already applied");
                 // The first delivery may have been applied but not relayed yet.
@@ -223,12 +232,12 @@ impl SagaActorState {
                 timers: Vec::new(),
             });
         }
-        let input_id = delivery.as_ref().map(Delivery::input_id);
+        let input_id = delivery.map(Delivery::input_id);
         self.transition(myself, input, input_id).await?;
         self.ctx.fault(FaultPoint::AfterCommit);
         self.relay(myself).await?;
         self.ctx.fault(FaultPoint::AfterPublish);
-        if let Some(d) = &delivery {
+        if let Some(d) = delivery {
             settle_ack(d).await;
         }
         Ok(())
@@ -236,12 +245,12 @@ impl SagaActorState {
 
     async fn reject(
         &self,
-        delivery: Option<Delivery>,
+        delivery: Option<&Delivery>,
         why: &str,
     ) -> Result<(), ActorProcessingErr> {
         warn!(saga_id = %self.saga_id, why, "input dead-lettered");
         if let Some(d) = delivery {
-            dead_letter(&self.ctx, &d, why).await;
+            dead_letter(&self.ctx, d, why).await;
         }
         Ok(())
     }

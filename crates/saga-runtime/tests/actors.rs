@@ -291,14 +291,18 @@ async fn a_failed_saga_actor_is_restarted_and_the_saga_finishes() {
         .await
         .unwrap();
     let seq = rig.start("s-5");
-    // The first commit fails: the actor fails, nothing is acked, the supervisor restarts it.
+    // The first commit fails: the actor fails, the supervisor restarts it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while worker.restarts().await == 0 {
         assert!(tokio::time::Instant::now() < deadline, "no restart");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert!(rig.feed.settled().is_empty());
-    // The broker redelivers the unacked input.
+    // Nothing was acked: the input was handed back for redelivery.
+    assert_eq!(
+        rig.feed.settled(),
+        [(seq, Settled::Nak(Some(Duration::from_millis(500))))]
+    );
+    // The broker redelivers it.
     let id = SagaId::parse("s-5").unwrap();
     let m = start_message("OrderCheckout", &id, Some(order_payload()), "k", 4, 0);
     rig.feed.redeliver(seq, &m.subject, m.headers, m.payload, 2);

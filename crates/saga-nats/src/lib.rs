@@ -1,0 +1,39 @@
+//! The JetStream implementation of the broker ports of `saga-ports`.
+//!
+//! This crate owns:
+//!
+//! - **the names on the wire** ([`names`]): streams, subjects, KV buckets and consumers
+//!   that users type into the `nats` CLI;
+//! - **provisioning** ([`provision`], [`ensure_service_consumer`]): idempotent creation
+//!   (or update) of every stream, both KV buckets and the durable consumers;
+//! - **the ports**: [`NatsPublisher`] (publish with `Nats-Msg-Id`, awaiting the stored ack),
+//!   [`NatsJournal`] (per-saga history fenced by `Nats-Expected-Last-Subject-Sequence`),
+//!   [`NatsConsumer`] / [`NatsAcker`] (durable pull consumer with confirmed settlements),
+//!   and [`dead_letter`];
+//! - **the connection** ([`connect`]): fail fast on a wrong URL, reconnect forever after.
+//!
+//! Port errors are [`saga_ports::PortError`] (the caller branches on them); setup errors
+//! (connect, provisioning, binding a consumer) are [`NatsError`].
+//!
+//! It must not depend on the saga runtime, the local store or an actor framework: the
+//! runtime depends on the ports, and binaries wire this crate in.
+
+mod connect;
+mod consumer;
+mod dlq;
+mod error;
+mod journal;
+pub mod names;
+mod provision;
+mod publisher;
+
+pub use connect::{connect, connect_as, DEFAULT_CONNECTION_NAME};
+pub use consumer::{NatsAcker, NatsConsumer};
+pub use dlq::dead_letter;
+pub use error::NatsError;
+pub use journal::NatsJournal;
+pub use provision::{
+    ensure_partition_consumer, ensure_service_consumer, provision, ConsumerSettings,
+    ProvisionConfig, Provisioned,
+};
+pub use publisher::NatsPublisher;

@@ -1,0 +1,509 @@
+//! Idempotent provisioning of the streams, KV buckets and durable consumers (the
+//! rationale is on [`provision`]).
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{self, pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::context::CreateStreamErrorKind;
+use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
+use async_nats::jetstream::{self, kv, ErrorCode};
+
+use crate::names::{self, check_token};
+use crate::NatsError;
+
+/// How many times a create/update race is retried before giving up.
+const ATTEMPTS: u32 = 5;
+
+/// Delivery settings of a durable consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerSettings {
+    /// How long a delivery may stay unacked before it is redelivered (the first delivery's
+    /// deadline; see `backoff`). Default 30 s. Long handlers call `in_progress`.
+    pub ack_wait: Duration,
+    /// Deliveries before the server gives up on a message (default 10). Handlers
+    /// dead-letter a message whose `delivered` reached this, so nothing is dropped silently.
+    pub max_deliver: i64,
+    /// Ack deadline of the 1st, 2nd, ... delivery; the last entry repeats. Empty: `ack_wait`
+    /// for every delivery. Must start with `ack_wait` and be shorter than `max_deliver`.
+    /// Default: 30 s, 1 min, 2 min, 5 min.
+    pub backoff: Vec<Duration>,
+    /// Unacked deliveries in flight before the server pauses delivery (default 1000).
+    pub max_ack_pending: i64,
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        Self {
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 10,
+            backoff: vec![
+                Duration::from_secs(30),
+                Duration::from_secs(60),
+                Duration::from_secs(120),
+                Duration::from_secs(300),
+            ],
+            max_ack_pending: 1000,
+        }
+    }
+}
+
+impl ConsumerSettings {
+    /// Refuses settings JetStream would reject or silently rewrite.
+    pub fn validate(&self) -> Result<(), NatsError> {
+        let fail = |m: String| Err(NatsError::InvalidConfig(m));
+        if self.ack_wait < Duration::from_millis(1) {
+            return fail(format!("ack_wait {:?} is too short", self.ack_wait));
+        }
+        if self.max_deliver == 0 || self.max_deliver < -1 {
+            return fail(format!(
+                "max_deliver {} must be positive (or -1 for unlimited)",
+                self.max_deliver
+            ));
+        }
+        if self.max_ack_pending == 0 || self.max_ack_pending < -1 {
+            return fail(format!(
+                "max_ack_pending {} must be positive (or -1 for unlimited)",
+                self.max_ack_pending
+            ));
+        }
+        if let Some(first) = self.backoff.first() {
+            if *first != self.ack_wait {
+                return fail(format!(
+                    "the first backoff entry ({first:?}) must equal ack_wait ({:?}): \
+                     JetStream replaces ack_wait with it",
+                    self.ack_wait
+                ));
+            }
+            if self.max_deliver != -1 && self.max_deliver <= self.backoff.len() as i64 {
+                return fail(format!(
+                    "max_deliver ({}) must be greater than the number of backoff entries ({})",
+                    self.max_deliver,
+                    self.backoff.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn pull_config(&self, name: &str, filter: String, description: String) -> pull::Config {
+        pull::Config {
+            durable_name: Some(name.to_owned()),
+            name: Some(name.to_owned()),
+            description: Some(description),
+            filter_subject: filter,
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: self.ack_wait,
+            max_deliver: self.max_deliver,
+            backoff: self.backoff.clone(),
+            max_ack_pending: self.max_ack_pending,
+            ..Default::default()
+        }
+    }
+}
+
+/// What [`provision`] creates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvisionConfig {
+    /// Partitions of `saga.in.<partition>.<saga_id>`: one consumer `saga-p<N>` each
+    /// (default 16). Lowering it later leaves the extra consumers in place.
+    pub partitions: u32,
+    /// Duplicate window of every stream (`Nats-Msg-Id` dedupe). Default 2 minutes.
+    pub duplicate_window: Duration,
+    /// Replicas of every stream and bucket (1 on a single server; 3 in a cluster).
+    pub replicas: usize,
+    /// Settings of the partition consumers.
+    pub partition_consumer: ConsumerSettings,
+    /// Max age of `SAGA_JOURNAL` (default zero: keep everything).
+    pub journal_max_age: Duration,
+    /// Max age of `SAGA_EVENTS` (default 7 days).
+    pub events_max_age: Duration,
+    /// Max age of `SAGA_DLQ` (default zero: keep until an operator removes them).
+    pub dlq_max_age: Duration,
+    /// How long a `saga_workers` entry lives without being refreshed (the bucket's max
+    /// age; default 30 s). Workers refresh their entry well within it.
+    pub worker_ttl: Duration,
+}
+
+impl Default for ProvisionConfig {
+    fn default() -> Self {
+        Self {
+            partitions: 16,
+            duplicate_window: Duration::from_secs(120),
+            replicas: 1,
+            partition_consumer: ConsumerSettings::default(),
+            journal_max_age: Duration::ZERO,
+            events_max_age: Duration::from_secs(7 * 24 * 3600),
+            dlq_max_age: Duration::ZERO,
+            worker_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ProvisionConfig {
+    /// Refuses settings JetStream would reject.
+    pub fn validate(&self) -> Result<(), NatsError> {
+        let fail = |m: String| Err(NatsError::InvalidConfig(m));
+        if self.partitions == 0 {
+            return fail("partitions must be at least 1".into());
+        }
+        if self.replicas == 0 || self.replicas > 5 {
+            return fail(format!(
+                "replicas {} must be between 1 and 5",
+                self.replicas
+            ));
+        }
+        if self.duplicate_window < Duration::from_millis(100) {
+            return fail(format!(
+                "duplicate_window {:?} is too short (at least 100 ms)",
+                self.duplicate_window
+            ));
+        }
+        for (what, max_age) in [
+            ("journal_max_age", self.journal_max_age),
+            ("events_max_age", self.events_max_age),
+            ("dlq_max_age", self.dlq_max_age),
+        ] {
+            if !max_age.is_zero() && max_age < self.duplicate_window {
+                return fail(format!(
+                    "{what} ({max_age:?}) is shorter than duplicate_window ({:?})",
+                    self.duplicate_window
+                ));
+            }
+        }
+        self.partition_consumer.validate()
+    }
+
+    /// The configuration of every stream, in [`names::STREAMS`] order.
+    pub fn stream_configs(&self) -> Vec<stream::Config> {
+        let base = |name: &str, subjects: &str, description: &str| stream::Config {
+            name: name.to_owned(),
+            subjects: vec![subjects.to_owned()],
+            description: Some(description.to_owned()),
+            storage: StorageType::File,
+            num_replicas: self.replicas,
+            duplicate_window: self.duplicate_window,
+            max_messages_per_subject: -1,
+            ..Default::default()
+        };
+        vec![
+            stream::Config {
+                retention: RetentionPolicy::WorkQueue,
+                discard: DiscardPolicy::New,
+                ..base(
+                    names::INBOX_STREAM,
+                    names::INBOX_SUBJECTS,
+                    "Saga inputs (starts, replies): saga.in.<partition>.<saga_id>",
+                )
+            },
+            stream::Config {
+                retention: RetentionPolicy::WorkQueue,
+                discard: DiscardPolicy::New,
+                ..base(
+                    names::COMMANDS_STREAM,
+                    names::COMMANDS_SUBJECTS,
+                    "Step commands: saga.cmd.<service>.<action>",
+                )
+            },
+            stream::Config {
+                retention: RetentionPolicy::Limits,
+                discard: DiscardPolicy::New,
+                max_age: self.journal_max_age,
+                allow_direct: true,
+                ..base(
+                    names::JOURNAL_STREAM,
+                    names::JOURNAL_SUBJECTS,
+                    "Saga journals: saga.journal.<saga_type>.<saga_id>",
+                )
+            },
+            stream::Config {
+                retention: RetentionPolicy::Limits,
+                discard: DiscardPolicy::Old,
+                max_age: self.events_max_age,
+                allow_direct: true,
+                ..base(
+                    names::EVENTS_STREAM,
+                    names::EVENTS_SUBJECTS,
+                    "Domain events: events.<domain>.<EventName>",
+                )
+            },
+            stream::Config {
+                retention: RetentionPolicy::Limits,
+                discard: DiscardPolicy::New,
+                max_age: self.dlq_max_age,
+                ..base(
+                    names::DLQ_STREAM,
+                    names::DLQ_SUBJECTS,
+                    "Dead letters: dlq.<original subject>",
+                )
+            },
+        ]
+    }
+
+    /// The configuration of both KV buckets (`saga_owners`, `saga_workers`).
+    pub fn bucket_configs(&self) -> Vec<kv::Config> {
+        vec![
+            kv::Config {
+                bucket: names::OWNERS_BUCKET.to_owned(),
+                description: "Partition leases: <partition> -> owner (CAS on revision)".into(),
+                // A little history so `nats kv history` shows who owned a partition before.
+                history: 5,
+                storage: StorageType::File,
+                num_replicas: self.replicas,
+                ..Default::default()
+            },
+            kv::Config {
+                bucket: names::WORKERS_BUCKET.to_owned(),
+                description: "Live workers: <worker> -> heartbeat".into(),
+                history: 1,
+                max_age: self.worker_ttl,
+                storage: StorageType::File,
+                num_replicas: self.replicas,
+                ..Default::default()
+            },
+        ]
+    }
+}
+
+/// What [`provision`] set up, by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provisioned {
+    /// Streams.
+    pub streams: Vec<String>,
+    /// KV buckets.
+    pub buckets: Vec<String>,
+    /// Partition consumers (on `SAGA_INBOX`).
+    pub consumers: Vec<String>,
+}
+
+/// Creates, or updates to `config`, every stream, both KV buckets and the partition
+/// consumers `saga-p0` .. `saga-p<partitions-1>`. Safe to call again, and from several
+/// processes at once.
+///
+/// # Retention, and why
+///
+/// - **`SAGA_INBOX` and `SAGA_COMMANDS` are work queues** (`WorkQueue` retention, no max
+///   age, `discard: new`). Each message has exactly one reader (the partition consumer
+///   `saga-p<N>`, or the shared `svc-<service>` consumer whose instances compete), and is
+///   deleted once acked, so the streams stay small without a max age. A max age
+///   (`Limits`) would silently drop an input or a command that nobody processed in time
+///   (a participant service down over a long weekend): "nothing accepted is lost" rules
+///   it out. `discard: new` makes a full stream refuse new work rather than delete work
+///   not yet done. The price: JetStream refuses a second consumer whose filter overlaps
+///   an existing one on a work queue, so these streams cannot be tapped by another
+///   durable consumer. History is read from `SAGA_JOURNAL`, not from here.
+/// - **`SAGA_JOURNAL` keeps everything** (`Limits`, no max age, no per-subject limit,
+///   `discard: new`, so a full store refuses appends instead of deleting history). It is
+///   read per subject (recovery, projections), with `allow_direct` for cheap reads.
+/// - **`SAGA_EVENTS` is a log** (`Limits`, max age [`ProvisionConfig::events_max_age`],
+///   7 days by default): domain events fan out to any number of consumers, including ones
+///   that start later.
+/// - **`SAGA_DLQ` keeps everything** (`Limits`, no max age by default, `discard: new`):
+///   an operator inspects and replays dead letters; a full DLQ refuses the dead letter,
+///   so the original message stays (un-terminated) in its work queue.
+///
+/// All streams: file storage, [`ProvisionConfig::replicas`] replicas, the same duplicate
+/// window (2 minutes by default).
+///
+/// # Consumers
+///
+/// Durable pull consumers with explicit acks, deliver-all, [`ConsumerSettings`]: ack wait
+/// 30 s, `max_deliver` 10, and a backoff list. JetStream reads the backoff list as the ack
+/// deadline of each successive delivery (the first entry *replaces* `ack_wait`), so the
+/// list must start with `ack_wait`; [`ConsumerSettings::validate`] enforces it rather than
+/// let the server silently shorten the ack wait. Note that with a backoff, a delayed
+/// `nak(d)` of the n-th delivery is redelivered after `d + backoff[n-1] - backoff[0]`, not
+/// `d` (the server backdates the nak by `ack_wait` but measures it against the backoff
+/// entry); the delay is a minimum. A consumer that needs exact nak delays uses an empty
+/// backoff.
+///
+/// # Idempotence
+///
+/// Creating an object with the same configuration succeeds on JetStream, and creating a
+/// consumer is create-or-update, so two processes provisioning at once both succeed. A
+/// stream or bucket that exists with another configuration is updated to ours; a change
+/// JetStream cannot make in place (retention policy, storage type) fails with
+/// [`NatsError::Stream`] and needs an operator.
+pub async fn provision(
+    js: &jetstream::Context,
+    config: &ProvisionConfig,
+) -> Result<Provisioned, NatsError> {
+    config.validate()?;
+    let mut streams = Vec::new();
+    for stream_config in config.stream_configs() {
+        streams.push(ensure_stream(js, stream_config).await?);
+    }
+    let mut buckets = Vec::new();
+    for bucket in config.bucket_configs() {
+        let name = bucket.bucket.clone();
+        js.create_or_update_key_value(bucket)
+            .await
+            .map_err(|source| NatsError::KeyValue {
+                bucket: name.clone(),
+                source,
+            })?;
+        buckets.push(name);
+    }
+    let mut consumers = Vec::new();
+    for partition in 0..config.partitions {
+        let info = ensure_partition_consumer(js, partition, &config.partition_consumer).await?;
+        consumers.push(info.name);
+    }
+    tracing::info!(
+        streams = streams.len(),
+        buckets = buckets.len(),
+        consumers = consumers.len(),
+        "JetStream provisioned"
+    );
+    Ok(Provisioned {
+        streams,
+        buckets,
+        consumers,
+    })
+}
+
+/// Creates or updates the partition consumer `saga-p<partition>` on `SAGA_INBOX`
+/// (filter `saga.in.<partition>.>`). The stream must exist ([`provision`]).
+pub async fn ensure_partition_consumer(
+    js: &jetstream::Context,
+    partition: u32,
+    settings: &ConsumerSettings,
+) -> Result<consumer::Info, NatsError> {
+    settings.validate()?;
+    let name = names::partition_consumer(partition);
+    let config = settings.pull_config(
+        &name,
+        names::partition_filter(partition),
+        format!("Inputs of saga partition {partition}"),
+    );
+    ensure_consumer(js, names::INBOX_STREAM, config).await
+}
+
+/// Creates or updates the consumer `svc-<service>` on `SAGA_COMMANDS` (filter
+/// `saga.cmd.<service>.>`), shared by every instance of the participant service. The
+/// stream must exist ([`provision`]).
+pub async fn ensure_service_consumer(
+    js: &jetstream::Context,
+    service: &str,
+    settings: &ConsumerSettings,
+) -> Result<consumer::Info, NatsError> {
+    check_token(service)?;
+    settings.validate()?;
+    let name = names::service_consumer(service);
+    let config = settings.pull_config(
+        &name,
+        names::service_filter(service),
+        format!("Commands of participant service {service}"),
+    );
+    ensure_consumer(js, names::COMMANDS_STREAM, config).await
+}
+
+async fn ensure_consumer(
+    js: &jetstream::Context,
+    stream: &str,
+    config: pull::Config,
+) -> Result<consumer::Info, NatsError> {
+    let name = config.durable_name.clone().unwrap_or_default();
+    let err = |source| NatsError::Consumer {
+        stream: stream.to_owned(),
+        consumer: name.clone(),
+        source,
+    };
+    // Create-or-update: identical concurrent calls both succeed.
+    let created = js
+        .create_consumer_on_stream(config, stream)
+        .await
+        .map_err(err)?;
+    Ok(created.cached_info().clone())
+}
+
+/// Creates the stream, or updates it when it exists with another configuration.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<String, NatsError> {
+    let name = config.name.clone();
+    let err = |source| NatsError::Stream {
+        stream: name.clone(),
+        source,
+    };
+    for _ in 0..ATTEMPTS {
+        // Creating with the configuration it already has is a no-op success.
+        match js.create_stream(config.clone()).await {
+            Ok(_) => return Ok(name),
+            Err(e) if is_code(&e, ErrorCode::STREAM_NAME_EXIST) => {}
+            Err(e) => return Err(err(e)),
+        }
+        match js.update_stream(&config).await {
+            Ok(_) => {
+                tracing::info!(stream = %name, "stream configuration updated");
+                return Ok(name);
+            }
+            // Deleted between our two calls: create again.
+            Err(e) if e.kind() == CreateStreamErrorKind::NotFound => continue,
+            Err(e) => return Err(err(e)),
+        }
+    }
+    Err(NatsError::Contended {
+        what: format!("stream {name}"),
+        attempts: ATTEMPTS,
+    })
+}
+
+fn is_code(e: &async_nats::jetstream::context::CreateStreamError, code: ErrorCode) -> bool {
+    matches!(e.kind(), CreateStreamErrorKind::JetStream(js) if js.error_code() == code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_documented() {
+        let c = ProvisionConfig::default();
+        c.validate().unwrap();
+        assert_eq!(c.duplicate_window, Duration::from_secs(120));
+        assert_eq!(c.replicas, 1);
+        assert_eq!(c.partition_consumer.ack_wait, Duration::from_secs(30));
+        assert_eq!(c.partition_consumer.max_deliver, 10);
+        let streams = c.stream_configs();
+        let names: Vec<_> = streams.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, names::STREAMS);
+        let journal = &streams[2];
+        assert_eq!(journal.retention, RetentionPolicy::Limits);
+        assert!(journal.max_age.is_zero());
+    }
+
+    #[test]
+    fn inconsistent_settings_are_refused() {
+        let bad_backoff = ConsumerSettings {
+            backoff: vec![Duration::from_secs(1)],
+            ..Default::default()
+        };
+        assert!(matches!(
+            bad_backoff.validate(),
+            Err(NatsError::InvalidConfig(_))
+        ));
+        let too_many = ConsumerSettings {
+            max_deliver: 4,
+            ..Default::default()
+        };
+        assert!(too_many.validate().is_err());
+        let no_backoff = ConsumerSettings {
+            backoff: vec![],
+            max_deliver: 1,
+            ..Default::default()
+        };
+        no_backoff.validate().unwrap();
+        let short_age = ProvisionConfig {
+            events_max_age: Duration::from_secs(60),
+            ..Default::default()
+        };
+        assert!(short_age.validate().is_err());
+        let zero = ProvisionConfig {
+            partitions: 0,
+            ..Default::default()
+        };
+        assert!(zero.validate().is_err());
+    }
+}
