@@ -300,3 +300,86 @@ pub fn event_log(journal: &[pb::JournalEvent]) -> Vec<String> {
         })
         .collect()
 }
+
+/// Stops a process with SIGTERM and waits for it to exit.
+pub fn stop(p: &mut ProcessGuard) {
+    let _ = p.sigterm();
+    saga_testkit::wait_until(Duration::from_secs(20), "process exits on SIGTERM", || {
+        !p.is_running()
+    })
+    .expect("process stops");
+}
+
+/// The effects a stopped participant recorded, as `(saga_id, action) -> count`.
+pub fn effects(
+    stack: &Stack,
+    participant: &str,
+) -> std::collections::BTreeMap<(String, String), u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in participants::read_ledger(stack.data_dir(participant)).expect("ledger") {
+        *out.entry((e.saga_id, e.action)).or_default() += 1;
+    }
+    out
+}
+
+/// Asserts no saga got any effect twice from a stopped participant; returns how many
+/// effects there were per action.
+pub fn assert_no_double_effect(
+    stack: &Stack,
+    participant: &str,
+) -> std::collections::BTreeMap<String, u64> {
+    let mut per_action = std::collections::BTreeMap::new();
+    for ((saga, action), n) in effects(stack, participant) {
+        assert_eq!(
+            n, 1,
+            "{participant}: {action} applied {n} times for saga {saga}"
+        );
+        *per_action.entry(action).or_default() += 1;
+    }
+    per_action
+}
+
+/// Asserts a saga's journal versions are 1, 2, ... without a gap or a repeat.
+pub fn assert_gapless(journal: &[pb::JournalEvent], id: &str) {
+    let versions: Vec<u64> = journal.iter().map(|e| e.version).collect();
+    let want: Vec<u64> = (1..=versions.len() as u64).collect();
+    assert_eq!(versions, want, "journal of {id} has a gap or a repeat");
+}
+
+/// Domain events on `events.<domain>.<name>` by correlation id.
+pub async fn event_counts(
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for m in messages(js, "SAGA_EVENTS", subject).await {
+        let id = match subject.rsplit('.').next() {
+            Some("OrderConfirmed") => {
+                pb::OrderConfirmed::decode(m.payload.as_ref())
+                    .expect("event")
+                    .correlation_id
+            }
+            Some("OrderCancelled") => {
+                pb::OrderCancelled::decode(m.payload.as_ref())
+                    .expect("event")
+                    .correlation_id
+            }
+            _ => {
+                pb::SagaDomainEvent::decode(m.payload.as_ref())
+                    .expect("event")
+                    .correlation_id
+            }
+        };
+        *out.entry(id).or_default() += 1;
+    }
+    out
+}
+
+/// The checkout participants (inventory, payment, orders) with extra flags each.
+pub fn checkout_participants(stack: &Stack, inventory_args: &[&str]) -> Vec<ProcessGuard> {
+    vec![
+        stack.participant("inventory", "inventory", inventory_args),
+        stack.participant("payment", "payment", &[]),
+        stack.participant("orders", "orders", &[]),
+    ]
+}
