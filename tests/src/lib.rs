@@ -214,8 +214,10 @@ pub async fn wait_terminal(
                 })
                 .map(|(i, s)| format!("{i}={}", s.as_str_name()))
                 .collect();
+            let first = pending[0].split('=').next().unwrap_or_default().to_string();
+            let log = event_log(&journal(js, saga_type, &first).await);
             panic!(
-                "{} saga(s) not terminal after {within:?}: {pending:?}",
+                "{} saga(s) not terminal after {within:?}: {pending:?}\njournal of {first}: {log:#?}",
                 pending.len()
             );
         }
@@ -304,10 +306,9 @@ pub fn event_log(journal: &[pb::JournalEvent]) -> Vec<String> {
 /// Stops a process with SIGTERM and waits for it to exit.
 pub fn stop(p: &mut ProcessGuard) {
     let _ = p.sigterm();
-    saga_testkit::wait_until(Duration::from_secs(20), "process exits on SIGTERM", || {
-        !p.is_running()
-    })
-    .expect("process stops");
+    let what = format!("{} exits on SIGTERM", p.label());
+    saga_testkit::wait_until(Duration::from_secs(20), what, || !p.is_running())
+        .expect("process stops");
 }
 
 /// The effects a stopped participant recorded, as `(saga_id, action) -> count`.

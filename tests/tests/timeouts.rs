@@ -24,11 +24,11 @@ const SAGA: &str = "saga:
       timeout: 2s
 ";
 
+/// Decides the reply to a command; `None` stays silent.
+type Decide = Arc<dyn Fn(&pb::StepCommand) -> Option<pb::step_reply::Outcome> + Send + Sync>;
+
 /// Answers commands of `slowsvc` with `decide(command)`; `None` stays silent.
-async fn play_participant(
-    js: async_nats::jetstream::Context,
-    decide: Arc<dyn Fn(&pb::StepCommand) -> Option<pb::step_reply::Outcome> + Send + Sync>,
-) {
+async fn play_participant(js: async_nats::jetstream::Context, decide: Decide) {
     saga_nats::ensure_service_consumer(&js, "slowsvc", &ConsumerSettings::default())
         .await
         .unwrap();

@@ -112,7 +112,7 @@ pub async fn run(
         partitions: args.partitions,
         ..ProvisionConfig::default()
     };
-    saga_nats::provision(&js, &config)
+    saga_nats::provision_streams(&js, &config)
         .await
         .context("provisioning streams")?;
 

@@ -33,7 +33,7 @@ pub use dlq::dead_letter;
 pub use error::NatsError;
 pub use journal::NatsJournal;
 pub use provision::{
-    ensure_partition_consumer, ensure_service_consumer, provision, ConsumerSettings,
-    ProvisionConfig, Provisioned,
+    ensure_partition_consumer, ensure_service_consumer, provision, provision_streams,
+    ConsumerSettings, ProvisionConfig, Provisioned,
 };
 pub use publisher::NatsPublisher;

@@ -362,6 +362,21 @@ pub async fn provision(
     })
 }
 
+/// Creates, or updates to `config`, the streams only: no KV bucket, no consumer. For
+/// participant services, which must not touch the workers' partition consumers (an
+/// update with other settings would change how the workers receive their inputs).
+pub async fn provision_streams(
+    js: &jetstream::Context,
+    config: &ProvisionConfig,
+) -> Result<Vec<String>, NatsError> {
+    config.validate()?;
+    let mut streams = Vec::new();
+    for stream_config in config.stream_configs() {
+        streams.push(ensure_stream(js, stream_config).await?);
+    }
+    Ok(streams)
+}
+
 /// Creates or updates the partition consumer `saga-p<partition>` on `SAGA_INBOX`
 /// (filter `saga.in.<partition>.>`). The stream must exist ([`provision`]).
 pub async fn ensure_partition_consumer(

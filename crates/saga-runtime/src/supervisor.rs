@@ -13,6 +13,8 @@ use crate::saga_actor::{SagaActor, SagaArgs, SagaMsg};
 use crate::Context;
 
 /// Messages of the supervisor.
+// Inputs dominate the traffic; boxing them would add an allocation per message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum SupervisorMsg {
     /// Route an input to its saga (spawning the actor if needed).

@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
 
 use saga_core::machine::{SagaState, SagaStatus, TimerKey};
 use saga_core::SagaId;
@@ -465,66 +464,3 @@ async fn one_store_per_directory() {
     assert_ne!(other.worker_id(), store.worker_id());
 }
 
-/// Cost of one durable transition on this machine (no assertion: numbers only).
-/// `cargo test -p saga-store-sled -- --ignored --nocapture measure`
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "measurement, prints timings"]
-async fn measure_commit_and_flush() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
-    let s = saga("measure", SagaStatus::Running, 1);
-    let items = vec![journal("measure", 1), message("cmd.pay")];
-    const N: u32 = 500;
-
-    let start = Instant::now();
-    for n in 0..N {
-        let c = commit(s.clone(), items.clone(), Some(&format!("in:{n}")), n.into());
-        store.commit(&c).unwrap();
-    }
-    let commit_only = start.elapsed() / N;
-
-    let start = Instant::now();
-    for n in 0..N {
-        let c = commit(
-            s.clone(),
-            items.clone(),
-            Some(&format!("in2:{n}")),
-            n.into(),
-        );
-        store.commit(&c).unwrap();
-        store.flush().await.unwrap();
-    }
-    let sequential = start.elapsed() / N;
-
-    let start = Instant::now();
-    let before = store.flush_count();
-    let tasks: Vec<_> = (0..32)
-        .map(|t| {
-            let store = store.clone();
-            let items = items.clone();
-            tokio::spawn(async move {
-                let s = saga(&format!("m-{t}"), SagaStatus::Running, 1);
-                for n in 0..N / 10 {
-                    let c = commit(
-                        s.clone(),
-                        items.clone(),
-                        Some(&format!("{t}:{n}")),
-                        n.into(),
-                    );
-                    store.commit(&c).unwrap();
-                    store.flush().await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let grouped = start.elapsed() / (32 * N / 10);
-    println!(
-        "commit only: {commit_only:?}/commit; commit+flush sequential: {sequential:?}/commit; \
-         32 tasks commit+flush: {grouped:?}/commit ({} flushes for {} calls)",
-        store.flush_count() - before,
-        32 * N / 10
-    );
-}

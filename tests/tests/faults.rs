@@ -1,0 +1,163 @@
+//! Crashes: the worker SIGKILLed at the commit protocol's fault points, the NATS
+//! server restarted mid-run, a participant killed between its effect and its reply.
+//! Every saga still finishes, no effect happens twice, journals have no gap.
+
+use std::time::Duration;
+
+use saga_e2e::*;
+use saga_proto as pb;
+use saga_testkit::wait_until;
+
+const SAGA: &str = "OrderCheckout";
+/// Unacked inputs come back quickly after a crash.
+const FAST_REDELIVERY: (&str, &str) = ("INPUT_ACK_WAIT_SECS", "2");
+
+async fn start_orders(js: &async_nats::jetstream::Context, prefix: &str, n: usize) -> Vec<String> {
+    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+    for id in &ids {
+        start_saga(js, SAGA, id, order(id, "dave", &[("sku-1", 1, 250)])).await;
+    }
+    ids
+}
+
+async fn assert_all_done_once(stack: &Stack, js: &async_nats::jetstream::Context, ids: &[String]) {
+    let states = wait_terminal(js, SAGA, ids, Duration::from_secs(120)).await;
+    assert!(
+        states.iter().all(|s| *s == pb::SagaState::Completed),
+        "{states:?}"
+    );
+    for id in ids {
+        assert_gapless(&journal(js, SAGA, id).await, id);
+    }
+    let confirmed = event_counts(js, "events.orders.OrderConfirmed").await;
+    for id in ids {
+        assert_eq!(confirmed.get(id), Some(&1), "OrderConfirmed of {id}");
+    }
+    let _ = stack;
+}
+
+fn assert_participants_clean(stack: &Stack, n: u64) {
+    assert_eq!(
+        assert_no_double_effect(stack, "inventory")["ReserveStock"],
+        n
+    );
+    assert_eq!(
+        assert_no_double_effect(stack, "payment")["ChargePayment"],
+        n
+    );
+    assert_eq!(assert_no_double_effect(stack, "orders")["ConfirmOrder"], n);
+}
+
+async fn worker_crash_at(point: &str) {
+    let stack = Stack::new();
+    let mut ps = checkout_participants(&stack, &[]);
+    let crash = format!("{point}:7");
+    let mut worker = stack.worker("worker", &[FAST_REDELIVERY, ("SAGA_CRASH_AT", &crash)]);
+    let js = stack.js().await;
+    wait_provisioned(&js).await;
+    let ids = start_orders(&js, point, 10).await;
+    // The 7th input reaching the fault point kills the worker with SIGKILL.
+    wait_until(Duration::from_secs(60), "the worker kills itself", || {
+        !worker.is_running()
+    })
+    .unwrap();
+    let status = worker.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "worker should die by SIGKILL, got {status:?}"
+    );
+    // A restarted worker (same data dir) finishes every saga.
+    let mut worker = stack.worker("worker", &[FAST_REDELIVERY]);
+    assert_all_done_once(&stack, &js, &ids).await;
+    stop(&mut worker);
+    for p in &mut ps {
+        stop(p);
+    }
+    assert_participants_clean(&stack, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_killed_after_commit_before_publish_loses_nothing() {
+    worker_crash_at("after-commit").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_killed_after_publish_before_ack_duplicates_nothing() {
+    worker_crash_at("after-publish").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_saga_finishes_when_nats_restarts_mid_run() {
+    let mut stack = Stack::new();
+    let mut worker = stack.worker("worker", &[FAST_REDELIVERY]);
+    let mut ps = checkout_participants(&stack, &["--latency-ms", "20"]);
+    let js = stack.js().await;
+    wait_provisioned(&js).await;
+    let ids = start_orders(&js, "restart", 20).await;
+    // Let some finish, then restart the server while the others are in flight.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while event_counts(&js, "events.orders.OrderConfirmed")
+        .await
+        .len()
+        < 3
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no progress before the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stack.nats.restart().unwrap();
+    let js = stack.js().await;
+    assert_all_done_once(&stack, &js, &ids).await;
+    assert!(worker.is_running(), "the worker survives a server restart");
+    stop(&mut worker);
+    for p in &mut ps {
+        stop(p);
+    }
+    assert_participants_clean(&stack, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_killed_after_its_effect_before_its_reply_does_not_apply_it_twice() {
+    let stack = Stack::new();
+    let mut worker = stack.worker("worker", &[FAST_REDELIVERY]);
+    let mut inventory = stack.participant(
+        "inventory",
+        "inventory",
+        &[
+            "--crash-after-effect",
+            "ReserveStock:1",
+            "--ack-wait-ms",
+            "2000",
+        ],
+    );
+    let mut payment = stack.participant("payment", "payment", &[]);
+    let mut orders = stack.participant("orders", "orders", &[]);
+    let js = stack.js().await;
+    wait_provisioned(&js).await;
+    start_saga(
+        &js,
+        SAGA,
+        "pc-1",
+        order("pc-1", "erin", &[("sku-1", 1, 100)]),
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(60),
+        "inventory crashes after its effect",
+        || !inventory.is_running(),
+    )
+    .unwrap();
+    assert_eq!(inventory.wait().unwrap().code(), Some(137));
+    // Restarted: the redelivered command is answered from the inbox.
+    let mut inventory = stack.participant("inventory", "inventory", &["--ack-wait-ms", "2000"]);
+    let states = wait_terminal(&js, SAGA, &["pc-1".into()], Duration::from_secs(60)).await;
+    assert_eq!(states, [pb::SagaState::Completed]);
+    stop(&mut worker);
+    for p in [&mut inventory, &mut payment, &mut orders] {
+        stop(p);
+    }
+    assert_participants_clean(&stack, 1);
+}
