@@ -1,11 +1,16 @@
-//! Compiles proto/saga/v1 with protox (no system protoc needed) and writes the file
-//! descriptor set beside the generated code (for gRPC reflection).
+//! Compiles proto/saga/v1 with protox (no system protoc needed) into prost messages and
+//! tonic client/server code, and writes the file descriptor set beside the generated
+//! code (for gRPC reflection).
 
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["saga/v1/saga.proto", "saga/v1/orders.proto"];
+    let files = [
+        "saga/v1/saga.proto",
+        "saga/v1/orders.proto",
+        "saga/v1/gateway.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }
@@ -15,6 +20,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("saga_v1_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
-    prost_build::Config::new().compile_fds(fds)?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
     Ok(())
 }
