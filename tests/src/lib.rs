@@ -311,6 +311,14 @@ pub fn stop(p: &mut ProcessGuard) {
         .expect("process stops");
 }
 
+/// Stops the worker, then every participant (so their ledgers can be read).
+pub fn stop_all(worker: &mut ProcessGuard, participants: &mut [ProcessGuard]) {
+    stop(worker);
+    for p in participants {
+        stop(p);
+    }
+}
+
 /// The effects a stopped participant recorded, as `(saga_id, action) -> count`.
 pub fn effects(
     stack: &Stack,

@@ -52,10 +52,7 @@ async fn happy_path_completes_with_every_transition_journalled_and_one_event() {
     assert!(event_counts(&js, "events.orders.OrderCancelled")
         .await
         .is_empty());
-    stop(&mut worker);
-    for p in &mut ps {
-        stop(p);
-    }
+    stop_all(&mut worker, &mut ps);
     assert_eq!(
         assert_no_double_effect(&stack, "inventory")["ReserveStock"],
         3
@@ -106,10 +103,7 @@ async fn insufficient_stock_compensates_with_the_reason_and_no_undo_of_the_faile
         saga_proto::Message::decode(cancelled[0].payload.as_ref()).unwrap();
     assert_eq!(ev.order_id, "big-1");
     assert!(ev.reason.contains("Insufficient stock"), "{}", ev.reason);
-    stop(&mut worker);
-    for p in &mut ps {
-        stop(p);
-    }
+    stop_all(&mut worker, &mut ps);
     assert!(effects(&stack, "inventory").is_empty());
 }
 
@@ -149,10 +143,7 @@ async fn a_declined_payment_releases_the_stock() {
         event_counts(&js, "events.orders.OrderCancelled").await["dec-1"],
         1
     );
-    stop(&mut worker);
-    for p in &mut ps {
-        stop(p);
-    }
+    stop_all(&mut worker, &mut ps);
     let inventory = assert_no_double_effect(&stack, "inventory");
     assert_eq!(
         (inventory["ReserveStock"], inventory["ReleaseStock"]),

@@ -70,10 +70,7 @@ async fn worker_crash_at(point: &str) {
     // A restarted worker (same data dir) finishes every saga.
     let mut worker = stack.worker("worker", &[FAST_REDELIVERY]);
     assert_all_done_once(&stack, &js, &ids).await;
-    stop(&mut worker);
-    for p in &mut ps {
-        stop(p);
-    }
+    stop_all(&mut worker, &mut ps);
     assert_participants_clean(&stack, 10);
 }
 
@@ -112,10 +109,7 @@ async fn every_saga_finishes_when_nats_restarts_mid_run() {
     let js = stack.js().await;
     assert_all_done_once(&stack, &js, &ids).await;
     assert!(worker.is_running(), "the worker survives a server restart");
-    stop(&mut worker);
-    for p in &mut ps {
-        stop(p);
-    }
+    stop_all(&mut worker, &mut ps);
     assert_participants_clean(&stack, 20);
 }
 

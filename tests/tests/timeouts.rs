@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use saga_e2e::*;
 use saga_nats::{ConsumerSettings, NatsConsumer, NatsPublisher};
-use saga_ports::{Consumer, Headers, OutgoingMessage, Publisher};
+use saga_ports::{Consumer, Publisher};
 use saga_proto::{self as pb, Message};
 
 const SAGA: &str = "saga:
@@ -41,29 +41,17 @@ async fn play_participant(js: async_nats::jetstream::Context, decide: Decide) {
         for d in batch {
             let cmd = pb::StepCommand::decode(d.payload.as_slice()).unwrap();
             if let Some(outcome) = decide(&cmd) {
-                let reply = pb::SagaInput {
+                let reply = pb::StepReply {
                     saga_id: cmd.saga_id.clone(),
-                    saga_type: cmd.saga_type.clone(),
-                    kind: Some(pb::saga_input::Kind::Reply(pb::StepReply {
-                        saga_id: cmd.saga_id.clone(),
-                        step: cmd.step.clone(),
-                        attempt: cmd.attempt,
-                        idempotency_key: cmd.idempotency_key.clone(),
-                        compensation: cmd.compensation,
-                        outcome: Some(outcome),
-                        service: "slowsvc".into(),
-                        replied_at: None,
-                    })),
+                    step: cmd.step.clone(),
+                    idempotency_key: cmd.idempotency_key.clone(),
+                    compensation: cmd.compensation,
+                    outcome: Some(outcome),
+                    service: "slowsvc".into(),
+                    ..Default::default()
                 };
-                publisher
-                    .publish(&OutgoingMessage {
-                        subject: cmd.reply_to.clone(),
-                        msg_id: format!("reply:{}:{}", cmd.idempotency_key, cmd.attempt),
-                        headers: Headers::new(),
-                        payload: reply.encode_to_vec(),
-                    })
-                    .await
-                    .unwrap();
+                let msg = saga_participant::reply_message(&cmd, reply, &d.headers);
+                publisher.publish(&msg).await.unwrap();
             }
             d.acker.ack().await.unwrap();
         }

@@ -102,10 +102,7 @@ async fn each_seed_failure_scenario_runs_exactly_the_seed_compensations() {
         assert_eq!(got, seed.compensations, "{scenario}");
     }
     assert!(compensations(&journal(&js, SAGA, "trip-ok").await, &def).is_empty());
-    stop(&mut worker);
-    for p in &mut ps {
-        stop(p);
-    }
+    stop_all(&mut worker, &mut ps);
     // Each reservation made was cancelled exactly once; none twice.
     let flights = assert_no_double_effect(&stack, "flight");
     assert_eq!(flights["reserveFlight"], 3);
