@@ -109,12 +109,15 @@ async fn run(args: Args) -> Result<()> {
         },
         fault_hook: args.crash_at.as_deref().map(fault_hook).transpose()?,
     };
-    let mut consumers: Vec<Box<dyn Consumer>> = Vec::new();
+    let mut consumers: Vec<(u32, Box<dyn Consumer>)> = Vec::new();
     for p in 0..args.partitions {
-        consumers.push(Box::new(
-            NatsConsumer::partition(&js, p)
-                .await
-                .with_context(|| format!("binding partition consumer saga-p{p}"))?,
+        consumers.push((
+            p,
+            Box::new(
+                NatsConsumer::partition(&js, p)
+                    .await
+                    .with_context(|| format!("binding partition consumer saga-p{p}"))?,
+            ),
         ));
     }
     let worker = Worker::start(ctx, consumers).await?;

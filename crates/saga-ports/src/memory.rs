@@ -140,6 +140,27 @@ impl Journal for MemoryJournal {
         })
     }
 
+    async fn last(
+        &self,
+        saga_type: &str,
+        saga_id: &str,
+    ) -> Result<Option<JournalRecord>, PortError> {
+        Ok(self.read(saga_type, saga_id).await?.pop())
+    }
+
+    async fn sagas(&self) -> Result<Vec<(String, String)>, PortError> {
+        let inner = self.inner.lock().unwrap();
+        Ok(inner
+            .subjects
+            .keys()
+            .filter_map(|s| {
+                let rest = s.strip_prefix("saga.journal.")?;
+                let (t, id) = rest.split_once('.')?;
+                Some((t.to_string(), id.to_string()))
+            })
+            .collect())
+    }
+
     async fn read(&self, saga_type: &str, saga_id: &str) -> Result<Vec<JournalRecord>, PortError> {
         let inner = self.inner.lock().unwrap();
         Ok(inner
@@ -374,6 +395,13 @@ impl SagaStore for MemoryStore {
         if let (Some(seq), Some(s)) = (journal_sequence, inner.sagas.get_mut(saga_id)) {
             s.journal_sequence = seq;
         }
+        Ok(())
+    }
+
+    fn forget(&self, saga_id: &str) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock().unwrap();
+        inner.sagas.remove(saga_id);
+        inner.outbox.remove(saga_id);
         Ok(())
     }
 

@@ -108,6 +108,16 @@ pub trait Journal: Send + Sync + 'static {
 
     /// Every record of one saga, oldest first.
     async fn read(&self, saga_type: &str, saga_id: &str) -> Result<Vec<JournalRecord>, PortError>;
+
+    /// The last record of one saga, if it has any.
+    async fn last(
+        &self,
+        saga_type: &str,
+        saga_id: &str,
+    ) -> Result<Option<JournalRecord>, PortError>;
+
+    /// Every saga that has a journal, as `(saga_type, saga_id)`.
+    async fn sagas(&self) -> Result<Vec<(String, String)>, PortError>;
 }
 
 /// A message received from a durable consumer.

@@ -80,6 +80,10 @@ pub trait SagaStore: Send + Sync + 'static {
         journal_sequence: Option<u64>,
     ) -> Result<(), StoreError>;
 
+    /// Drops the local copy of a saga (state and outbox): it is stale, another worker
+    /// moved it on; the journal is the truth and the saga is rebuilt from it.
+    fn forget(&self, saga_id: &str) -> Result<(), StoreError>;
+
     /// Whether this input was already processed.
     fn seen(&self, input_id: &str) -> Result<bool, StoreError>;
 

@@ -90,7 +90,27 @@ impl Actor for SagaActor {
         myself: ActorRef<SagaMsg>,
         st: &mut SagaActorState,
     ) -> Result<(), ActorProcessingErr> {
-        st.stored = match st.ctx.store.load(st.saga_id.as_str())? {
+        let local = st.ctx.store.load(st.saga_id.as_str())?;
+        let local = match local {
+            // The journal is the truth: a local copy behind it is stale (another worker
+            // moved the saga on while this one did not own it) and is rebuilt.
+            Some(s) => match st
+                .ctx
+                .journal
+                .last(&st.saga_type, st.saga_id.as_str())
+                .await?
+            {
+                Some(last) if last.sequence != s.journal_sequence => {
+                    info!(saga_id = %st.saga_id, local = s.journal_sequence, journal = last.sequence,
+                        "local copy is behind the journal: rebuilding");
+                    st.ctx.store.forget(st.saga_id.as_str())?;
+                    None
+                }
+                _ => Some(s),
+            },
+            None => None,
+        };
+        st.stored = match local {
             Some(s) => Some(s),
             None => rebuild_from_journal(st).await?,
         };

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use saga_core::ids::partition_of;
 use saga_core::machine::Input;
 use saga_core::SagaId;
 use saga_ports::Delivery;
@@ -37,6 +38,16 @@ pub enum SupervisorMsg {
     },
     /// The live saga actors.
     Children(RpcReplyPort<Vec<ActorRef<SagaMsg>>>),
+    /// Forgets the actors of one partition (being released) and returns them, so the
+    /// caller can drain them.
+    Release {
+        /// The partition.
+        partition: u32,
+        /// The deployment's partition count.
+        partitions: u32,
+        /// The actors that were running its sagas.
+        reply: RpcReplyPort<Vec<ActorRef<SagaMsg>>>,
+    },
     /// Restarts done so far (all sagas).
     Restarts(RpcReplyPort<u64>),
 }
@@ -107,6 +118,26 @@ impl Actor for SagaSupervisor {
             }
             SupervisorMsg::Children(reply) => {
                 let _ = reply.send(st.children.values().map(|(a, _)| a.clone()).collect());
+            }
+            SupervisorMsg::Release {
+                partition,
+                partitions,
+                reply,
+            } => {
+                let ids: Vec<SagaId> = st
+                    .children
+                    .keys()
+                    .filter(|id| partition_of(id, partitions) == partition)
+                    .cloned()
+                    .collect();
+                let mut actors = Vec::new();
+                for id in ids {
+                    if let Some((child, _)) = st.children.get(&id) {
+                        actors.push(child.clone());
+                    }
+                    st.forget(&id);
+                }
+                let _ = reply.send(actors);
             }
             SupervisorMsg::Restarts(reply) => {
                 let _ = reply.send(st.total_restarts);

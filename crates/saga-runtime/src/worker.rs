@@ -1,58 +1,160 @@
-//! A worker: supervisor, dispatchers, recovery and graceful shutdown.
+//! A worker: supervisor, partition dispatchers, recovery, takeover and graceful shutdown.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
+use saga_core::ids::partition_of;
+use saga_core::SagaId;
 use saga_ports::Consumer;
-use tokio::sync::watch;
+use saga_proto::{self as pb, Message};
+use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::dispatch::dispatch;
 use crate::saga_actor::SagaMsg;
 use crate::supervisor::{SagaSupervisor, SupervisorMsg};
 use crate::{Context, RuntimeError};
 
-/// A running worker.
+/// A running worker. It consumes the partitions it is given (all of them for a single
+/// worker; those it holds a lease on in a cluster).
 #[derive(Debug)]
 pub struct Worker {
+    ctx: Context,
     supervisor: ActorRef<SupervisorMsg>,
     supervisor_handle: JoinHandle<()>,
-    dispatchers: Vec<JoinHandle<()>>,
-    shutdown: watch::Sender<bool>,
+    partitions: Mutex<BTreeMap<u32, (watch::Sender<bool>, JoinHandle<()>)>>,
 }
 
 impl Worker {
-    /// Starts the supervisor, resumes every saga the store holds that is not finished
-    /// (re-arming timers, republishing the outbox), then consumes the given partitions.
-    pub async fn start(
-        ctx: Context,
-        consumers: Vec<Box<dyn Consumer>>,
-    ) -> Result<Self, RuntimeError> {
+    /// A worker consuming nothing yet.
+    pub async fn new(ctx: Context) -> Result<Self, RuntimeError> {
         let (supervisor, supervisor_handle) = Actor::spawn(None, SagaSupervisor, ctx.clone())
             .await
             .map_err(|e| RuntimeError::Actor(e.to_string()))?;
-        let active = ctx.store.active()?;
-        info!(sagas = active.len(), "resuming sagas from the local store");
-        for s in active {
-            supervisor
-                .cast(SupervisorMsg::Resume {
-                    saga_id: s.state.saga_id.clone(),
-                    saga_type: s.state.saga_type.clone(),
-                })
-                .map_err(|e| RuntimeError::Actor(e.to_string()))?;
-        }
-        let (shutdown, rx) = watch::channel(false);
-        let dispatchers = consumers
-            .into_iter()
-            .map(|c| tokio::spawn(dispatch(c, supervisor.clone(), ctx.clone(), rx.clone())))
-            .collect();
         Ok(Self {
+            ctx,
             supervisor,
             supervisor_handle,
-            dispatchers,
-            shutdown,
+            partitions: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Starts a worker that consumes the given partitions: resumes every unfinished
+    /// saga of its local store (re-arming timers, republishing the outbox), then
+    /// dispatches their inputs.
+    pub async fn start(
+        ctx: Context,
+        consumers: Vec<(u32, Box<dyn Consumer>)>,
+    ) -> Result<Self, RuntimeError> {
+        let worker = Self::new(ctx).await?;
+        let active = worker.ctx.store.active()?;
+        info!(sagas = active.len(), "resuming sagas from the local store");
+        for s in active {
+            worker.resume(s.state.saga_id, s.state.saga_type)?;
+        }
+        for (partition, consumer) in consumers {
+            worker.dispatch(partition, consumer).await;
+        }
+        Ok(worker)
+    }
+
+    fn resume(&self, saga_id: SagaId, saga_type: String) -> Result<(), RuntimeError> {
+        self.supervisor
+            .cast(SupervisorMsg::Resume { saga_id, saga_type })
+            .map_err(|e| RuntimeError::Actor(e.to_string()))
+    }
+
+    async fn dispatch(&self, partition: u32, consumer: Box<dyn Consumer>) {
+        let (stop, rx) = watch::channel(false);
+        let handle = tokio::spawn(dispatch(
+            consumer,
+            self.supervisor.clone(),
+            self.ctx.clone(),
+            rx,
+        ));
+        if let Some((old, h)) = self
+            .partitions
+            .lock()
+            .await
+            .insert(partition, (stop, handle))
+        {
+            let _ = old.send(true);
+            h.abort();
+        }
+    }
+
+    /// Takes over a partition: resumes its unfinished sagas — from the local store
+    /// where it holds a current copy, otherwise rebuilt from the journal — re-arms their
+    /// timers, then consumes its inputs. Returns how many sagas were resumed.
+    pub async fn acquire(
+        &self,
+        partition: u32,
+        consumer: Box<dyn Consumer>,
+    ) -> Result<usize, RuntimeError> {
+        let partitions = self.ctx.config.partitions;
+        let mut resumed = BTreeSet::new();
+        for s in self.ctx.store.active()? {
+            if partition_of(&s.state.saga_id, partitions) == partition {
+                resumed.insert(s.state.saga_id.clone());
+                self.resume(s.state.saga_id, s.state.saga_type)?;
+            }
+        }
+        for (saga_type, id) in self.ctx.journal.sagas().await? {
+            let Ok(saga_id) = SagaId::parse(&id) else {
+                continue;
+            };
+            if partition_of(&saga_id, partitions) != partition
+                || resumed.contains(&saga_id)
+                || self.ctx.definition(&saga_type).is_none()
+            {
+                continue;
+            }
+            let Some(last) = self.ctx.journal.last(&saga_type, &id).await? else {
+                continue;
+            };
+            let finished = pb::JournalEvent::decode(last.payload.as_slice())
+                .map(|e| {
+                    matches!(
+                        e.state(),
+                        pb::SagaState::Completed
+                            | pb::SagaState::Compensated
+                            | pb::SagaState::Failed
+                    )
+                })
+                .unwrap_or(false);
+            if !finished {
+                resumed.insert(saga_id.clone());
+                self.resume(saga_id, saga_type)?;
+            }
+        }
+        self.dispatch(partition, consumer).await;
+        info!(partition, sagas = resumed.len(), "partition acquired");
+        Ok(resumed.len())
+    }
+
+    /// Stops consuming a partition: its dispatcher stops fetching, and its saga actors
+    /// finish the transition in hand and stop (unacked inputs go to the next owner).
+    pub async fn release(&self, partition: u32, grace: Duration) {
+        let Some((stop, handle)) = self.partitions.lock().await.remove(&partition) else {
+            return;
+        };
+        let _ = stop.send(true);
+        let _ = handle.await;
+        let actors = ractor::call!(self.supervisor, |reply| SupervisorMsg::Release {
+            partition,
+            partitions: self.ctx.config.partitions,
+            reply,
+        })
+        .unwrap_or_default();
+        drain(actors, grace).await;
+        info!(partition, "partition released");
+    }
+
+    /// Partitions consumed now.
+    pub async fn held(&self) -> Vec<u32> {
+        self.partitions.lock().await.keys().copied().collect()
     }
 
     /// The supervisor (for routing inputs directly, e.g. in tests).
@@ -77,27 +179,40 @@ impl Worker {
     /// Stops fetching, lets every saga actor finish what it holds (each transition in
     /// flight completes: committed, relayed, acked), then stops. Unacked inputs are
     /// redelivered to whoever consumes next; timers are re-armed from the store.
-    pub async fn shutdown(mut self, grace: Duration) {
-        let _ = self.shutdown.send(true);
-        for d in std::mem::take(&mut self.dispatchers) {
-            let _ = d.await;
+    pub async fn shutdown(self, grace: Duration) {
+        let running: Vec<_> = std::mem::take(&mut *self.partitions.lock().await)
+            .into_values()
+            .collect();
+        for (stop, _) in &running {
+            let _ = stop.send(true);
         }
-        let children = self.children().await;
-        for child in &children {
-            let _ = child.drain();
+        for (_, handle) in running {
+            let _ = handle.await;
         }
-        let deadline = tokio::time::Instant::now() + grace;
-        for child in children {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let _ = tokio::time::timeout(left, async {
-                while !matches!(child.get_status(), ractor::ActorStatus::Stopped) {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            })
-            .await;
-        }
+        drain(self.children().await, grace).await;
         self.supervisor.stop(Some("shutdown".into()));
         let _ = self.supervisor_handle.await;
         info!("worker stopped");
+    }
+}
+
+/// Lets each actor process what it has queued, then stop; waits up to `grace`.
+async fn drain(actors: Vec<ActorRef<SagaMsg>>, grace: Duration) {
+    for a in &actors {
+        let _ = a.drain();
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    for a in actors {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let stopped = tokio::time::timeout(left, async {
+            while !matches!(a.get_status(), ractor::ActorStatus::Stopped) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        if stopped.is_err() {
+            warn!("a saga actor did not stop within the grace period: killing it");
+            a.kill();
+        }
     }
 }

@@ -158,7 +158,7 @@ fn ok(_: &pb::StepCommand) -> pb::step_reply::Outcome {
 #[tokio::test]
 async fn a_saga_completes_with_a_gapless_journal_and_every_input_acked() {
     let (rig, consumer) = rig(Arc::new(MemoryStore::default()));
-    let worker = Worker::start(rig.ctx.clone(), vec![Box::new(consumer)])
+    let worker = Worker::start(rig.ctx.clone(), vec![(0, Box::new(consumer))])
         .await
         .unwrap();
     rig.start("s-1");
@@ -188,7 +188,7 @@ async fn a_saga_completes_with_a_gapless_journal_and_every_input_acked() {
 #[tokio::test]
 async fn a_redelivered_input_is_acked_without_a_second_transition() {
     let (rig, consumer) = rig(Arc::new(MemoryStore::default()));
-    let worker = Worker::start(rig.ctx.clone(), vec![Box::new(consumer)])
+    let worker = Worker::start(rig.ctx.clone(), vec![(0, Box::new(consumer))])
         .await
         .unwrap();
     let seq = rig.start("s-2");
@@ -213,7 +213,7 @@ async fn a_redelivered_input_is_acked_without_a_second_transition() {
 #[tokio::test]
 async fn garbage_and_unknown_saga_types_go_to_the_dlq_and_others_still_run() {
     let (rig, consumer) = rig(Arc::new(MemoryStore::default()));
-    let worker = Worker::start(rig.ctx.clone(), vec![Box::new(consumer)])
+    let worker = Worker::start(rig.ctx.clone(), vec![(0, Box::new(consumer))])
         .await
         .unwrap();
     let bad = rig
@@ -272,6 +272,9 @@ impl SagaStore for FlakyStore {
     fn outbox_done(&self, id: &str, p: u64, j: Option<u64>) -> Result<(), StoreError> {
         self.inner.outbox_done(id, p, j)
     }
+    fn forget(&self, id: &str) -> Result<(), StoreError> {
+        self.inner.forget(id)
+    }
     fn seen(&self, id: &str) -> Result<bool, StoreError> {
         self.inner.seen(id)
     }
@@ -287,7 +290,7 @@ async fn a_failed_saga_actor_is_restarted_and_the_saga_finishes() {
         failures: AtomicUsize::new(1),
     });
     let (rig, consumer) = rig(store);
-    let worker = Worker::start(rig.ctx.clone(), vec![Box::new(consumer)])
+    let worker = Worker::start(rig.ctx.clone(), vec![(0, Box::new(consumer))])
         .await
         .unwrap();
     let seq = rig.start("s-5");
@@ -348,7 +351,7 @@ async fn timers_are_rearmed_on_load_and_a_timeout_leads_to_a_retry() {
             at: now,
         })
         .unwrap();
-    let worker = Worker::start(rig.ctx.clone(), vec![Box::new(consumer)])
+    let worker = Worker::start(rig.ctx.clone(), vec![(0, Box::new(consumer))])
         .await
         .unwrap();
     // Nobody answers: the 5s step timeout fires, then the backoff, then attempt 2 goes out.

@@ -344,6 +344,28 @@ impl SagaStore for SledStore {
         Ok(())
     }
 
+    fn forget(&self, saga_id: &str) -> Result<(), StoreError> {
+        let i = &self.inner;
+        let prefix = outbox_prefix(saga_id);
+        let mut keys = Vec::new();
+        for k in i.outbox.scan_prefix(&prefix).keys() {
+            keys.push(k.map_err(|e| sled_error(&at(OUTBOX, &prefix), e))?);
+        }
+        let saga_key = saga_id.as_bytes();
+        tx_result(
+            &at(SAGAS, saga_key),
+            (&i.sagas, &i.outbox).transaction(|(sagas, outbox)| {
+                sagas.remove(saga_key)?;
+                for k in &keys {
+                    outbox.remove(k.as_ref())?;
+                }
+                Ok(())
+            }),
+        )?;
+        i.flush.wrote();
+        Ok(())
+    }
+
     fn seen(&self, input_id: &str) -> Result<bool, StoreError> {
         let key = input_id.as_bytes();
         self.inner

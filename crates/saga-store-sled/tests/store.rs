@@ -463,4 +463,3 @@ async fn one_store_per_directory() {
     let other = SledStore::open(tempfile::tempdir().unwrap().path()).unwrap();
     assert_ne!(other.worker_id(), store.worker_id());
 }
-
