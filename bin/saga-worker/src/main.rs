@@ -11,8 +11,9 @@ use anyhow::{bail, Context as _, Result};
 use clap::Parser;
 use saga_core::definition::{load_file, SagaDefinition};
 use saga_core::{Clock, SystemClock};
+use saga_nats::leases::{LeaseEvent, LeaseSettings, Leases};
 use saga_nats::{ConsumerSettings, NatsConsumer, NatsJournal, NatsPublisher, ProvisionConfig};
-use saga_ports::{Consumer, SagaStore};
+use saga_ports::SagaStore;
 use saga_runtime::{Context, FaultPoint, RuntimeConfig, Worker};
 use saga_store_sled::SledStore;
 use tracing::{error, info, warn};
@@ -43,6 +44,10 @@ struct Args {
     /// Deliveries of one input before it goes to the dead-letter stream.
     #[arg(long, env = "INPUT_MAX_DELIVER", default_value_t = 10)]
     input_max_deliver: i64,
+    /// How long a partition lease lives without renewal, in milliseconds: the takeover
+    /// time after a worker dies. Heartbeats run every quarter of it.
+    #[arg(long, env = "LEASE_TTL_MS", default_value_t = 10_000)]
+    lease_ttl_ms: u64,
     /// Seconds to let in-flight transitions finish on SIGTERM.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     shutdown_grace_secs: u64,
@@ -109,28 +114,61 @@ async fn run(args: Args) -> Result<()> {
         },
         fault_hook: args.crash_at.as_deref().map(fault_hook).transpose()?,
     };
-    let mut consumers: Vec<(u32, Box<dyn Consumer>)> = Vec::new();
-    for p in 0..args.partitions {
-        consumers.push((
-            p,
-            Box::new(
-                NatsConsumer::partition(&js, p)
-                    .await
-                    .with_context(|| format!("binding partition consumer saga-p{p}"))?,
-            ),
-        ));
-    }
-    let worker = Worker::start(ctx, consumers).await?;
-    info!(%worker_id, partitions = args.partitions, nats = %args.nats_url, "saga-worker running");
+    let worker = Worker::new(ctx).await?;
+    let ttl = Duration::from_millis(args.lease_ttl_ms.max(300));
+    let mut leases = Leases::new(
+        &js,
+        LeaseSettings {
+            worker_id: worker_id.clone(),
+            partitions: args.partitions,
+            ttl,
+        },
+    )
+    .await
+    .context("joining the cluster")?;
+    info!(%worker_id, partitions = args.partitions, nats = %args.nats_url, lease_ttl = ?ttl, "saga-worker running");
 
     let window = Duration::from_secs(args.inbox_window_secs);
-    let pruner = tokio::spawn(prune_inbox(store.clone(), clock, window));
-    shutdown_signal().await;
-    info!("shutting down: finishing in-flight transitions");
+    let pruner = tokio::spawn(prune_inbox(store.clone(), clock.clone(), window));
+    let grace = Duration::from_secs(args.shutdown_grace_secs);
+    let heartbeat = ttl / 4;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        for event in leases.tick(clock.now()).await {
+            match event {
+                LeaseEvent::Acquired(p) => match NatsConsumer::partition(&js, p).await {
+                    Ok(consumer) => {
+                        if let Err(e) = worker.acquire(p, Box::new(consumer)).await {
+                            warn!(partition = p, error = %e, "taking over the partition failed; giving it back");
+                            worker.release(p, grace).await;
+                            leases.relinquish_now(p).await;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(partition = p, error = %e, "binding the partition consumer failed; giving it back");
+                        leases.relinquish_now(p).await;
+                    }
+                },
+                LeaseEvent::Lost(p) => worker.release(p, grace).await,
+                LeaseEvent::Release(p) => {
+                    worker.release(p, grace).await;
+                    leases.relinquish(p).await;
+                }
+            }
+        }
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tokio::time::sleep(heartbeat) => {}
+        }
+    }
+    info!("shutting down: finishing in-flight transitions, giving the partitions back");
     pruner.abort();
-    worker
-        .shutdown(Duration::from_secs(args.shutdown_grace_secs))
-        .await;
+    for p in worker.held().await {
+        worker.release(p, grace).await;
+    }
+    leases.leave().await;
+    worker.shutdown(grace).await;
     store.flush().await?;
     Ok(())
 }

@@ -69,6 +69,11 @@ pub enum NatsError {
         source: ConsumerError,
     },
 
+    /// The lease buckets could not be read or written. Retryable (the broker is
+    /// unreachable or restarting). gRPC: `UNAVAILABLE`.
+    #[error("partition leases: {0}")]
+    Leases(String),
+
     /// A concurrent provisioning kept changing the same object. Retryable. gRPC:
     /// `ABORTED`.
     #[error("{what} kept changing under us after {attempts} attempts")]

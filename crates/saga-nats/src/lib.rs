@@ -23,6 +23,7 @@ mod consumer;
 mod dlq;
 mod error;
 mod journal;
+pub mod leases;
 pub mod names;
 mod provision;
 mod publisher;
@@ -37,3 +38,10 @@ pub use provision::{
     ConsumerSettings, ProvisionConfig, Provisioned,
 };
 pub use publisher::NatsPublisher;
+
+/// FNV-1a of a name: spreads where workers start looking for free partitions.
+pub(crate) fn names_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
