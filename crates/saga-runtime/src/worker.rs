@@ -17,6 +17,9 @@ use crate::saga_actor::SagaMsg;
 use crate::supervisor::{SagaSupervisor, SupervisorMsg};
 use crate::{Context, RuntimeError};
 
+/// A partition being consumed: its stop switch and its dispatcher.
+type Dispatcher = (watch::Sender<bool>, JoinHandle<()>);
+
 /// A running worker. It consumes the partitions it is given (all of them for a single
 /// worker; those it holds a lease on in a cluster).
 #[derive(Debug)]
@@ -24,7 +27,7 @@ pub struct Worker {
     ctx: Context,
     supervisor: ActorRef<SupervisorMsg>,
     supervisor_handle: JoinHandle<()>,
-    partitions: Mutex<BTreeMap<u32, (watch::Sender<bool>, JoinHandle<()>)>>,
+    partitions: Mutex<BTreeMap<u32, Dispatcher>>,
 }
 
 impl Worker {
