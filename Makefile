@@ -9,8 +9,9 @@ SAGAS := $(wildcard sagas/*.yaml)
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
 
-setup: ## install what the project needs (pinned nats-server into .tools/)
+setup: ## install what the project needs (pinned nats-server into .tools/, grpcurl for its test)
 	@scripts/install-nats-server.sh
+	@scripts/install-grpcurl.sh >/dev/null
 
 build: ## build every crate and binary
 	$(CARGO) build --workspace --all-targets

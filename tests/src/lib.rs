@@ -216,6 +216,7 @@ pub async fn wait_terminal(
                 .collect();
             let first = pending[0].split('=').next().unwrap_or_default().to_string();
             let log = event_log(&journal(js, saga_type, &first).await);
+            eprintln!("{}", diagnostics(js).await);
             panic!(
                 "{} saga(s) not terminal after {within:?}: {pending:?}\njournal of {first}: {log:#?}",
                 pending.len()
@@ -391,4 +392,53 @@ pub fn checkout_participants(stack: &Stack, inventory_args: &[&str]) -> Vec<Proc
         stack.participant("payment", "payment", &[]),
         stack.participant("orders", "orders", &[]),
     ]
+}
+
+/// Tests that start many processes take turns within one test binary: on a 2-core
+/// machine, several clusters at once starve each other's heartbeats.
+pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+/// Consumer and dead-letter state, for failure messages.
+pub async fn diagnostics(js: &async_nats::jetstream::Context) -> String {
+    let mut out = String::from("consumers:\n");
+    for stream_name in ["SAGA_INBOX", "SAGA_COMMANDS"] {
+        let Ok(stream) = js.get_stream(stream_name).await else {
+            continue;
+        };
+        let names: Vec<String> = {
+            use futures::TryStreamExt;
+            stream
+                .consumer_names()
+                .try_collect()
+                .await
+                .unwrap_or_default()
+        };
+        for name in names {
+            if let Ok(info) = stream.consumer_info(&name).await {
+                out.push_str(&format!(
+                    "  {stream_name}/{name}: pending {} ack_pending {} redelivered {} waiting {} delivered {} ack_floor {}\n",
+                    info.num_pending,
+                    info.num_ack_pending,
+                    info.num_redelivered,
+                    info.num_waiting,
+                    info.delivered.stream_sequence,
+                    info.ack_floor.stream_sequence
+                ));
+            }
+        }
+    }
+    let dlq = messages(js, "SAGA_DLQ", "dlq.>").await;
+    out.push_str(&format!("dead letters: {}\n", dlq.len()));
+    for m in dlq.iter().take(5) {
+        let reason = m
+            .headers
+            .get(saga_ports::header::DLQ_REASON)
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default();
+        out.push_str(&format!("  {}: {reason}\n", m.subject));
+    }
+    out
 }

@@ -76,16 +76,19 @@ async fn worker_crash_at(point: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_killed_after_commit_before_publish_loses_nothing() {
+    let _turn = one_at_a_time().await;
     worker_crash_at("after-commit").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_killed_after_publish_before_ack_duplicates_nothing() {
+    let _turn = one_at_a_time().await;
     worker_crash_at("after-publish").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_saga_finishes_when_nats_restarts_mid_run() {
+    let _turn = one_at_a_time().await;
     let mut stack = Stack::new();
     let mut worker = stack.worker("worker", &[FAST_REDELIVERY]);
     let mut ps = checkout_participants(&stack, &["--latency-ms", "20"]);
@@ -115,6 +118,7 @@ async fn every_saga_finishes_when_nats_restarts_mid_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_participant_killed_after_its_effect_before_its_reply_does_not_apply_it_twice() {
+    let _turn = one_at_a_time().await;
     let stack = Stack::new();
     let mut worker = stack.worker("worker", &[FAST_REDELIVERY]);
     let mut inventory = stack.participant(

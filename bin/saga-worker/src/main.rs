@@ -44,6 +44,9 @@ struct Args {
     /// Deliveries of one input before it goes to the dead-letter stream.
     #[arg(long, env = "INPUT_MAX_DELIVER", default_value_t = 10)]
     input_max_deliver: i64,
+    /// This worker's id in the cluster (default: a random id kept in the data dir).
+    #[arg(long, env = "WORKER_ID")]
+    worker_id: Option<String>,
     /// How long a partition lease lives without renewal, in milliseconds: the takeover
     /// time after a worker dies. Heartbeats run every quarter of it.
     #[arg(long, env = "LEASE_TTL_MS", default_value_t = 10_000)]
@@ -98,7 +101,19 @@ async fn run(args: Args) -> Result<()> {
         SledStore::open(args.data_dir.join("store"))
             .with_context(|| format!("opening the store in {}", args.data_dir.display()))?,
     );
-    let worker_id = store.worker_id().to_string();
+    let worker_id = match &args.worker_id {
+        Some(id) => {
+            if id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                bail!("--worker-id `{id}`: use letters, digits, `-` and `_`");
+            }
+            id.clone()
+        }
+        None => store.worker_id().to_string(),
+    };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let ctx = Context {
         definitions: Arc::new(definitions),
@@ -131,7 +146,8 @@ async fn run(args: Args) -> Result<()> {
     let window = Duration::from_secs(args.inbox_window_secs);
     let pruner = tokio::spawn(prune_inbox(store.clone(), clock.clone(), window));
     let grace = Duration::from_secs(args.shutdown_grace_secs);
-    let heartbeat = ttl / 4;
+    // Frequent heartbeats make joins and departures visible quickly whatever the TTL.
+    let heartbeat = (ttl / 4).min(Duration::from_secs(2));
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {

@@ -1,49 +1,80 @@
 //! `sagactl`: the command-line face of the saga runtime.
+//!
+//! Definitions (`def`) are checked offline; orders, sagas and the benchmark talk to the
+//! gateway over gRPC (`saga.v1.SagaGateway`, address from `--gateway` / `SAGA_GATEWAY`);
+//! `dev` runs the whole stack as child processes; `projection rebuild` runs the
+//! gateway's offline rebuild.
+//!
+//! Exit status: 0 success, 1 error, 2 bad usage, 3 `order place --wait` / `saga start
+//! --wait` saw the saga end other than COMPLETED.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 
+mod args;
+mod bench;
+mod client;
 mod def;
+mod dev;
+mod json;
+mod output;
+mod projection;
+mod render;
+mod sagas;
+mod watch;
 
-/// Saga runtime control tool.
-#[derive(Debug, Parser)]
-#[command(name = "sagactl", version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Work with saga definitions (YAML).
-    #[command(subcommand)]
-    Def(DefCommand),
-}
-
-#[derive(Debug, Subcommand)]
-enum DefCommand {
-    /// Validate definition files; exits non-zero and prints every problem when one is broken.
-    Validate {
-        /// Definition files (e.g. sagas/*.yaml).
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-        /// Also print the derived failure-scenario table and the validator's notes.
-        #[arg(long)]
-        explain: bool,
-    },
-    /// Print a Mermaid flowchart of a definition (forward steps solid, compensations dotted).
-    Graph {
-        /// Definition file.
-        file: PathBuf,
-    },
-}
+use args::{Cli, Command, DefCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Def(DefCommand::Validate { files, explain }) => def::validate(&files, explain),
-        Command::Def(DefCommand::Graph { file }) => def::graph(&file),
+    let Cli {
+        gateway,
+        json,
+        command,
+    } = cli;
+    let command = match command {
+        Command::Def(DefCommand::Validate { files, explain }) => {
+            return def::validate(&files, explain)
+        }
+        Command::Def(DefCommand::Graph { file }) => return def::graph(&file),
+        other => other,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sagactl: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let out = Output { json };
+    let result = runtime.block_on(async move {
+        match command {
+            Command::Def(_) => unreachable!("handled above"),
+            Command::Order(args::OrderCommand::Place(a)) => sagas::place(&gateway, out, a).await,
+            Command::Saga(c) => sagas::run(&gateway, out, c).await,
+            Command::Projection(args::ProjectionCommand::Rebuild(a)) => {
+                projection::rebuild(a).await
+            }
+            Command::Bench(a) => bench::run(&gateway, out, a).await,
+            Command::Dev(a) => dev::run(a).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sagactl: error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    /// Machine-readable JSON instead of tables.
+    pub json: bool,
 }

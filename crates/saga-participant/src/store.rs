@@ -134,7 +134,13 @@ impl ParticipantStore {
 
     /// Makes every commit so far durable.
     pub async fn flush(&self) -> Result<(), ParticipantError> {
-        self.db.flush_async().await?;
+        // sled 0.34's `flush_async` can hang when polled concurrently (sled issue
+        // #1308), which commands in flight do: a blocking flush on the blocking pool.
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| std::io::Error::other(format!("flush task: {e}")))
+            .map_err(sled::Error::Io)??;
         Ok(())
     }
 

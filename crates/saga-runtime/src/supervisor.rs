@@ -1,6 +1,6 @@
 //! The saga supervisor: one child actor per live saga, restarts with a bound.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -38,6 +38,8 @@ pub enum SupervisorMsg {
     },
     /// The live saga actors.
     Children(RpcReplyPort<Vec<ActorRef<SagaMsg>>>),
+    /// This worker now consumes the partition: route its inputs.
+    Hold(u32),
     /// Forgets the actors of one partition (being released) and returns them, so the
     /// caller can drain them.
     Release {
@@ -64,6 +66,7 @@ pub struct SupervisorState {
     by_actor: HashMap<ActorId, SagaId>,
     restarts: HashMap<SagaId, Vec<Instant>>,
     total_restarts: u64,
+    held: HashSet<u32>,
 }
 
 impl Actor for SagaSupervisor {
@@ -82,6 +85,7 @@ impl Actor for SagaSupervisor {
             by_actor: HashMap::new(),
             restarts: HashMap::new(),
             total_restarts: 0,
+            held: HashSet::new(),
         })
     }
 
@@ -98,6 +102,14 @@ impl Actor for SagaSupervisor {
                 input,
                 delivery,
             } => {
+                if !st.holds(&saga_id) {
+                    // Fetched just before the partition was given away: hand it back
+                    // to the broker, for the new owner.
+                    if let Some(d) = &delivery {
+                        let _ = d.acker.nak(Some(Duration::from_millis(100))).await;
+                    }
+                    return Ok(());
+                }
                 let mut msg = SagaMsg::Input { input, delivery };
                 // A child that is stopping refuses the message: start a fresh one.
                 for _ in 0..2 {
@@ -114,7 +126,12 @@ impl Actor for SagaSupervisor {
                 warn!(%saga_id, "could not reach the saga actor; the input will be redelivered");
             }
             SupervisorMsg::Resume { saga_id, saga_type } => {
-                st.child(&myself, &saga_id, &saga_type).await?;
+                if st.holds(&saga_id) {
+                    st.child(&myself, &saga_id, &saga_type).await?;
+                }
+            }
+            SupervisorMsg::Hold(partition) => {
+                st.held.insert(partition);
             }
             SupervisorMsg::Children(reply) => {
                 let _ = reply.send(st.children.values().map(|(a, _)| a.clone()).collect());
@@ -124,6 +141,7 @@ impl Actor for SagaSupervisor {
                 partitions,
                 reply,
             } => {
+                st.held.remove(&partition);
                 let ids: Vec<SagaId> = st
                     .children
                     .keys()
@@ -214,6 +232,11 @@ impl SupervisorState {
         self.children
             .insert(saga_id.clone(), (child.clone(), saga_type.to_string()));
         Ok(child)
+    }
+
+    fn holds(&self, saga_id: &SagaId) -> bool {
+        self.held
+            .contains(&partition_of(saga_id, self.ctx.config.partitions))
     }
 
     fn forget(&mut self, saga_id: &SagaId) {

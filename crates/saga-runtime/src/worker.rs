@@ -52,6 +52,9 @@ impl Worker {
         consumers: Vec<(u32, Box<dyn Consumer>)>,
     ) -> Result<Self, RuntimeError> {
         let worker = Self::new(ctx).await?;
+        for (partition, _) in &consumers {
+            let _ = worker.supervisor.cast(SupervisorMsg::Hold(*partition));
+        }
         let active = worker.ctx.store.active()?;
         info!(sagas = active.len(), "resuming sagas from the local store");
         for s in active {
@@ -70,6 +73,7 @@ impl Worker {
     }
 
     async fn dispatch(&self, partition: u32, consumer: Box<dyn Consumer>) {
+        let _ = self.supervisor.cast(SupervisorMsg::Hold(partition));
         let (stop, rx) = watch::channel(false);
         let handle = tokio::spawn(dispatch(
             consumer,
@@ -97,6 +101,7 @@ impl Worker {
         consumer: Box<dyn Consumer>,
     ) -> Result<usize, RuntimeError> {
         let partitions = self.ctx.config.partitions;
+        let _ = self.supervisor.cast(SupervisorMsg::Hold(partition));
         let mut resumed = BTreeSet::new();
         for s in self.ctx.store.active()? {
             if partition_of(&s.state.saga_id, partitions) == partition {

@@ -46,7 +46,8 @@ fn rig(store: Arc<dyn SagaStore>) -> (Rig, MemoryConsumer) {
         store: store.clone(),
         clock: Arc::new(ManualClock::new(1_700_000_000_000)),
         config: RuntimeConfig {
-            partitions: 4,
+            // One partition: the in-memory consumer feeds every saga.
+            partitions: 1,
             idle_stop_after: Duration::from_millis(50),
             ..RuntimeConfig::default()
         },

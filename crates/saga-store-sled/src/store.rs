@@ -265,12 +265,15 @@ impl SagaStore for SledStore {
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
-        let db = &self.inner.db;
+        let db = self.inner.db.clone();
         self.inner
             .flush
             .run(|| async move {
-                db.flush_async()
+                // sled 0.34's `flush_async` can hang when polled concurrently (sled
+                // issue #1308): a blocking flush on the blocking pool instead.
+                tokio::task::spawn_blocking(move || db.flush())
                     .await
+                    .map_err(|e| StoreError::Io(format!("flushing the store: {e}")))?
                     .map(drop)
                     .map_err(|e| sled_error("flushing the store", e))
             })

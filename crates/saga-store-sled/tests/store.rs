@@ -386,7 +386,18 @@ async fn concurrent_commits_keep_every_saga_whole() {
 
 /// Writes `value` under `key` in `tree`, bypassing the store.
 fn write_raw(path: &Path, tree: &str, key: &[u8], value: &[u8]) {
-    let db = sled::open(path).unwrap();
+    // sled lets go of its file lock shortly after the last handle is dropped.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let db = loop {
+        match sled::open(path) {
+            Ok(db) => break db,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                std::thread::yield_now();
+            }
+            Err(e) => panic!("opening {}: {e}", path.display()),
+        }
+    };
     db.open_tree(tree).unwrap().insert(key, value).unwrap();
     db.flush().unwrap();
 }

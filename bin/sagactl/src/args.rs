@@ -1,0 +1,352 @@
+//! Command-line grammar (clap derive) and the parsers of values users type.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use saga_proto::{OrderItem, SagaState};
+
+/// Saga runtime control tool.
+#[derive(Debug, Parser)]
+#[command(name = "sagactl", version, about)]
+pub struct Cli {
+    /// Address of the gateway (saga.v1.SagaGateway).
+    #[arg(
+        long,
+        global = true,
+        env = "SAGA_GATEWAY",
+        default_value = "http://127.0.0.1:50051",
+        value_name = "URL"
+    )]
+    pub gateway: String,
+    /// Print machine-readable JSON (proto3 JSON mapping) instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Work with saga definitions (YAML).
+    #[command(subcommand)]
+    Def(DefCommand),
+    /// Place orders (the OrderCheckout saga).
+    #[command(subcommand)]
+    Order(OrderCommand),
+    /// Inspect, watch, start and cancel sagas.
+    #[command(subcommand)]
+    Saga(SagaCommand),
+    /// Maintain the gateway's read model.
+    #[command(subcommand)]
+    Projection(ProjectionCommand),
+    /// Load the stack with orders and report throughput and latency to a terminal state.
+    Bench(BenchArgs),
+    /// Run the whole stack locally: nats-server, workers, participants, gateway.
+    Dev(DevArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DefCommand {
+    /// Validate definition files; exits non-zero and prints every problem when one is broken.
+    Validate {
+        /// Definition files (e.g. sagas/*.yaml).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Also print the derived failure-scenario table and the validator's notes.
+        #[arg(long)]
+        explain: bool,
+    },
+    /// Print a Mermaid flowchart of a definition (forward steps solid, compensations dotted).
+    Graph {
+        /// Definition file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OrderCommand {
+    /// Place an order: starts an OrderCheckout saga.
+    Place(PlaceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PlaceArgs {
+    /// Customer id (ids starting with `decline-` are declined by the example payment service).
+    #[arg(long, value_parser = non_empty)]
+    pub customer: String,
+    /// An order line, SKU:QTY:PRICE_CENTS (e.g. sku-1:2:1500); repeat for more lines.
+    #[arg(long = "item", value_name = "SKU:QTY:PRICE_CENTS", required = true, value_parser = parse_item)]
+    pub items: Vec<OrderItem>,
+    /// Same key and same order: the same saga (safe to retry). Default: the gateway makes one.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WaitArgs {
+    /// Watch the saga until it ends; exit status 3 when it ends other than COMPLETED.
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this many seconds.
+    #[arg(long, default_value_t = 120, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SagaCommand {
+    /// Show a saga: state, current step, reasons and its steps.
+    Get {
+        /// Saga id.
+        id: String,
+    },
+    /// List sagas, newest first.
+    List(ListArgs),
+    /// Print the saga's changes until it reaches a terminal state.
+    Watch {
+        /// Saga id.
+        id: String,
+        /// Give up after this many seconds (default: wait as long as it takes).
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+        timeout: Option<u64>,
+    },
+    /// Print the saga's journal: every transition, its input and what happened.
+    History {
+        /// Saga id.
+        id: String,
+    },
+    /// Cancel a saga: compensates what ran; a no-op on a terminal saga.
+    Cancel {
+        /// Saga id.
+        id: String,
+        /// Why (recorded as the compensation reason).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Start a saga of any loaded definition (e.g. TravelBookingSaga) with a JSON payload.
+    Start(StartArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Saga type (the definition's name).
+    #[arg(long = "type", value_name = "TYPE", value_parser = non_empty)]
+    pub saga_type: String,
+    /// The saga's input, a JSON object (e.g. '{"destination":"Lisbon"}').
+    #[arg(long, default_value = "{}", value_parser = parse_payload)]
+    pub payload: serde_json::Map<String, serde_json::Value>,
+    /// Same key and same request: the same saga.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only sagas in this state.
+    #[arg(long, value_enum)]
+    pub state: Option<StateFilter>,
+    /// Only sagas of this type (e.g. OrderCheckout).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub saga_type: Option<String>,
+    /// Sagas per page (the gateway's default is 50).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1000))]
+    pub page_size: Option<i32>,
+    /// Continue from the token a previous page printed.
+    #[arg(long, conflicts_with = "all")]
+    pub page_token: Option<String>,
+    /// Follow the pages to the end.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Saga states as users type them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StateFilter {
+    Pending,
+    Running,
+    Compensating,
+    Completed,
+    Compensated,
+    Failed,
+}
+
+impl From<StateFilter> for SagaState {
+    fn from(s: StateFilter) -> Self {
+        match s {
+            StateFilter::Pending => SagaState::Pending,
+            StateFilter::Running => SagaState::Running,
+            StateFilter::Compensating => SagaState::Compensating,
+            StateFilter::Completed => SagaState::Completed,
+            StateFilter::Compensated => SagaState::Compensated,
+            StateFilter::Failed => SagaState::Failed,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectionCommand {
+    /// Rebuild the gateway's read model by replaying SAGA_JOURNAL (stop the gateway first:
+    /// it holds its data directory).
+    Rebuild(RebuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    /// The gateway's data directory (default: the gateway's own default / DATA_DIR).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// NATS server URL (default: the gateway's own default / NATS_URL).
+    #[arg(long)]
+    pub nats_url: Option<String>,
+    /// Saga definitions directory (default: the gateway's own default / SAGAS_DIR).
+    #[arg(long)]
+    pub sagas: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Orders to place.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub sagas: u64,
+    /// Sagas in flight at once (closed loop); with --rate, the cap on sagas in flight.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub concurrency: u64,
+    /// Open loop: start this many sagas per second whatever the latency; latency then
+    /// counts from each saga's scheduled start (no coordinated omission).
+    #[arg(long, value_name = "PER_SEC", value_parser = positive_f64)]
+    pub rate: Option<f64>,
+    /// Customer ids are PREFIX<n>; `decline-` makes every payment fail (compensation load).
+    #[arg(long, default_value = "bench-")]
+    pub customer_prefix: String,
+    /// Order lines of every order (default: one unit of a SKU of its own, so stock never
+    /// runs out).
+    #[arg(long = "item", value_name = "SKU:QTY:PRICE_CENTS", value_parser = parse_item)]
+    pub items: Vec<OrderItem>,
+    /// A saga not terminal after this many seconds counts as timed out.
+    #[arg(long, default_value_t = 120, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Where the gateway listens for gRPC.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+    /// Data of every process (nats store, sled stores) and their logs (DATA/logs).
+    #[arg(long, default_value = ".sagas-dev")]
+    pub data_dir: PathBuf,
+    /// Port of the nats-server started for the stack (must be free).
+    #[arg(long, default_value_t = 4222, value_parser = clap::value_parser!(u16).range(1..))]
+    pub nats_port: u16,
+    /// Number of saga-worker processes.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=32))]
+    pub workers: u32,
+    /// Saga partitions (every process gets the same count).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub partitions: u32,
+    /// Directory of saga definitions.
+    #[arg(long, default_value = "sagas")]
+    pub sagas: PathBuf,
+    /// nats-server configuration file.
+    #[arg(long, default_value = "nats.conf")]
+    pub nats_conf: PathBuf,
+    /// Place demo orders (one completes, two are compensated) and print how they ended.
+    #[arg(long)]
+    pub demo: bool,
+    /// With --demo: stop the stack once the demo is done (exit status 1 if a demo saga
+    /// did not end as expected).
+    #[arg(long, requires = "demo")]
+    pub exit: bool,
+    /// Seconds to wait for the stack to come up.
+    #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub ready_timeout: u64,
+}
+
+fn non_empty(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(s.to_string())
+    }
+}
+
+fn positive_f64(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a positive number")),
+    }
+}
+
+/// Parses `SKU:QTY:PRICE_CENTS`. The SKU may itself contain `:` (the last two fields
+/// are the numbers).
+pub fn parse_item(s: &str) -> Result<OrderItem, String> {
+    const FORMAT: &str = "expected SKU:QTY:PRICE_CENTS, e.g. sku-1:2:1500";
+    let mut parts = s.rsplitn(3, ':');
+    let (Some(price), Some(qty), Some(sku)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(FORMAT.to_string());
+    };
+    let sku = sku.trim();
+    if sku.is_empty() {
+        return Err(format!("the SKU is empty ({FORMAT})"));
+    }
+    let quantity = match qty.trim().parse::<i64>() {
+        Ok(q) if q > 0 => q,
+        _ => {
+            return Err(format!(
+                "the quantity `{qty}` is not a positive integer ({FORMAT})"
+            ))
+        }
+    };
+    let unit_price_cents = match price.trim().parse::<i64>() {
+        Ok(p) if p >= 0 => p,
+        _ => {
+            return Err(format!(
+                "the price `{price}` is not a whole number of cents >= 0 ({FORMAT})"
+            ))
+        }
+    };
+    Ok(OrderItem {
+        sku: sku.to_string(),
+        quantity,
+        unit_price_cents,
+    })
+}
+
+fn parse_payload(s: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    match serde_json::from_str::<serde_json::Value>(s) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        Ok(_) => Err("the payload must be a JSON object".into()),
+        Err(e) => Err(format!("not valid JSON: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_parse_and_name_the_problem() {
+        let i = parse_item("sku:with:colons:3:1500").unwrap();
+        assert_eq!(
+            (i.sku.as_str(), i.quantity, i.unit_price_cents),
+            ("sku:with:colons", 3, 1500)
+        );
+        assert!(parse_item("sku-1:2")
+            .unwrap_err()
+            .contains("expected SKU:QTY"));
+        assert!(parse_item(":2:100").unwrap_err().contains("SKU is empty"));
+        assert!(parse_item("a:0:100").unwrap_err().contains("quantity `0`"));
+        assert!(parse_item("a:x:100").unwrap_err().contains("quantity `x`"));
+        assert!(parse_item("a:1:-5").unwrap_err().contains("price `-5`"));
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

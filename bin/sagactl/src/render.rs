@@ -1,0 +1,280 @@
+//! Human-readable output: aligned tables and short state names.
+
+use std::fmt::Write as _;
+
+use prost_types::Timestamp;
+use saga_proto::{
+    journal_input, step_reply, JournalEvent, JournalInput, Saga, SagaState, TimerKind,
+    TransitionEvent, TransitionEventKind,
+};
+
+/// `COMPLETED` for `SAGA_STATE_COMPLETED`; `UNKNOWN(9)` for a number this build does not know.
+pub fn state_name(n: i32) -> String {
+    match SagaState::try_from(n) {
+        Ok(s) => s
+            .as_str_name()
+            .trim_start_matches("SAGA_STATE_")
+            .to_string(),
+        Err(_) => format!("UNKNOWN({n})"),
+    }
+}
+
+pub fn is_terminal(n: i32) -> bool {
+    matches!(
+        SagaState::try_from(n),
+        Ok(SagaState::Completed | SagaState::Compensated | SagaState::Failed)
+    )
+}
+
+pub fn ts(t: Option<&Timestamp>) -> String {
+    t.map_or_else(|| "-".to_string(), Timestamp::to_string)
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}
+
+/// Columns padded to their widest cell; the last column is not padded.
+#[derive(Debug)]
+pub struct Table {
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(headers: &[&str]) -> Self {
+        Self {
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn render(&self) -> String {
+        let cols = self.headers.len();
+        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
+        for r in &self.rows {
+            for (i, c) in r.iter().enumerate().take(cols) {
+                widths[i] = widths[i].max(c.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for line in std::iter::once(&self.headers).chain(&self.rows) {
+            let mut s = String::new();
+            for (i, c) in line.iter().enumerate().take(cols) {
+                if i + 1 == cols {
+                    s.push_str(c);
+                } else {
+                    let _ = write!(s, "{c:<w$}  ", w = widths[i]);
+                }
+            }
+            out.push_str(s.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// The saga's header block and its steps table.
+pub fn saga(s: &Saga) -> String {
+    let mut out = String::new();
+    let mut kv = |k: &str, v: &str| {
+        let _ = writeln!(out, "{k:<10}{v}");
+    };
+    kv("saga", &s.saga_id);
+    kv("type", &s.saga_type);
+    kv("state", &state_name(s.state));
+    kv("step", or_dash(&s.current_step));
+    kv("version", &s.version.to_string());
+    kv("created", &ts(s.created_at.as_ref()));
+    kv("updated", &ts(s.updated_at.as_ref()));
+    if !s.compensation_reason.is_empty() {
+        kv("reason", &s.compensation_reason);
+    }
+    if !s.failure_reason.is_empty() {
+        kv("failure", &s.failure_reason);
+    }
+    if !s.steps.is_empty() {
+        out.push('\n');
+        out.push_str(&steps(s));
+    }
+    out
+}
+
+/// The steps of a saga as a table.
+pub fn steps(s: &Saga) -> String {
+    let mut t = Table::new(&[
+        "STEP",
+        "STATUS",
+        "ATTEMPTS",
+        "COMP.ATTEMPTS",
+        "STARTED",
+        "FINISHED",
+        "ERROR",
+    ]);
+    for st in &s.steps {
+        t.row(vec![
+            st.name.clone(),
+            st.status.clone(),
+            st.attempts.to_string(),
+            st.compensation_attempts.to_string(),
+            ts(st.started_at.as_ref()),
+            ts(st.finished_at.as_ref()),
+            or_dash(&st.error).to_string(),
+        ]);
+    }
+    t.render()
+}
+
+pub fn saga_list(sagas: &[Saga]) -> String {
+    let mut t = Table::new(&["SAGA", "TYPE", "STATE", "STEP", "UPDATED", "REASON"]);
+    for s in sagas {
+        let reason = if s.failure_reason.is_empty() {
+            &s.compensation_reason
+        } else {
+            &s.failure_reason
+        };
+        t.row(vec![
+            s.saga_id.clone(),
+            s.saga_type.clone(),
+            state_name(s.state),
+            or_dash(&s.current_step).to_string(),
+            ts(s.updated_at.as_ref()),
+            or_dash(reason).to_string(),
+        ]);
+    }
+    t.render()
+}
+
+/// One block per transition: version, time, input, resulting state, then its events.
+pub fn history(events: &[JournalEvent]) -> String {
+    let mut out = String::new();
+    for e in events {
+        let step = if e.current_step.is_empty() {
+            String::new()
+        } else {
+            format!(" at {}", e.current_step)
+        };
+        let _ = writeln!(
+            out,
+            "v{:<3} {}  {}  -> {}{}",
+            e.version,
+            ts(e.recorded_at.as_ref()),
+            input(e.input.as_ref()),
+            state_name(e.state),
+            step
+        );
+        for ev in &e.events {
+            let _ = writeln!(out, "       {}", event(ev));
+        }
+        if !e.compensation_reason.is_empty() {
+            let _ = writeln!(out, "       reason: {}", e.compensation_reason);
+        }
+    }
+    out
+}
+
+fn input(i: Option<&JournalInput>) -> String {
+    let Some(kind) = i.and_then(|i| i.kind.as_ref()) else {
+        return "input: -".into();
+    };
+    match kind {
+        journal_input::Kind::Start(s) => {
+            if s.idempotency_key.is_empty() {
+                "start".into()
+            } else {
+                format!("start (key {})", s.idempotency_key)
+            }
+        }
+        journal_input::Kind::Reply(r) => {
+            let outcome = match &r.outcome {
+                Some(step_reply::Outcome::Ok(_)) => "ok".to_string(),
+                Some(step_reply::Outcome::BusinessFailure(f)) => {
+                    format!("business failure: {}", f.reason)
+                }
+                Some(step_reply::Outcome::TechnicalFailure(f)) => {
+                    format!("technical failure: {}", f.reason)
+                }
+                None => "no outcome".to_string(),
+            };
+            let what = if r.compensation {
+                "compensation reply"
+            } else {
+                "reply"
+            };
+            let from = if r.service.is_empty() {
+                String::new()
+            } else {
+                format!(" from {}", r.service)
+            };
+            format!("{what} {} #{}{from}: {outcome}", r.step, r.attempt)
+        }
+        journal_input::Kind::Timer(t) => {
+            let kind = TimerKind::try_from(t.kind)
+                .map(|k| {
+                    k.as_str_name()
+                        .trim_start_matches("TIMER_KIND_")
+                        .to_string()
+                })
+                .unwrap_or_else(|_| format!("UNKNOWN({})", t.kind));
+            format!("timer {kind} {} #{}", t.step, t.attempt)
+        }
+        journal_input::Kind::Cancel(c) => {
+            if c.reason.is_empty() {
+                "cancel".into()
+            } else {
+                format!("cancel: {}", c.reason)
+            }
+        }
+        journal_input::Kind::DeadlineExceeded(_) => "deadline exceeded".into(),
+    }
+}
+
+fn event(e: &TransitionEvent) -> String {
+    let mut s = TransitionEventKind::try_from(e.kind)
+        .map(|k| {
+            k.as_str_name()
+                .trim_start_matches("TRANSITION_EVENT_KIND_")
+                .to_string()
+        })
+        .unwrap_or_else(|_| format!("UNKNOWN({})", e.kind));
+    if !e.step.is_empty() {
+        let _ = write!(s, " {}", e.step);
+    }
+    if e.attempt > 0 {
+        let _ = write!(s, " #{}", e.attempt);
+    }
+    if let Some(d) = &e.delay {
+        let _ = write!(s, " in {d}");
+    }
+    if let Some(t) = &e.deadline_at {
+        let _ = write!(s, " deadline {t}");
+    }
+    if !e.reason.is_empty() {
+        let _ = write!(s, ": {}", e.reason);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_and_states_lose_their_prefix() {
+        let mut t = Table::new(&["A", "LONG HEADER", "C"]);
+        t.row(vec!["xxxx".into(), "y".into(), "z".into()]);
+        assert_eq!(t.render(), "A     LONG HEADER  C\nxxxx  y            z\n");
+        assert_eq!(state_name(SagaState::Compensated as i32), "COMPENSATED");
+        assert_eq!(state_name(42), "UNKNOWN(42)");
+        assert!(is_terminal(SagaState::Failed as i32));
+        assert!(!is_terminal(SagaState::Compensating as i32));
+    }
+}

@@ -1,0 +1,173 @@
+//! [`serve`]: the gRPC server (gateway, health, reflection) and the projection follower.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::connection::State;
+use async_nats::jetstream;
+use saga_core::SagaDefinition;
+use saga_proto::saga_gateway_server::SagaGatewayServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
+
+use crate::requests::{ensure_requests_bucket, DEFAULT_REQUEST_WINDOW};
+use crate::{GatewayError, GatewayService, Projection};
+
+/// How often the health service looks at the NATS connection.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What [`serve`] needs.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Address of the gRPC server (default `127.0.0.1:50051`).
+    pub grpc_addr: SocketAddr,
+    /// Directory of the projection (sled), the gateway's own.
+    pub data_dir: PathBuf,
+    /// The workers' partition count (`saga.in.<partition>.<saga_id>`).
+    pub partitions: u32,
+    /// Loaded saga definitions by name: what StartSaga accepts, and the steps of a view.
+    pub definitions: BTreeMap<String, Arc<SagaDefinition>>,
+    /// How long idempotency keys are remembered (the `saga_requests` bucket's max age).
+    pub request_window: Duration,
+    /// Replicas of the `saga_requests` bucket (1 on a single server).
+    pub replicas: usize,
+}
+
+impl GatewayConfig {
+    /// A configuration with the defaults: `127.0.0.1:50051`, `data/gateway`, 16
+    /// partitions, a 24 h request window, one replica.
+    pub fn new(definitions: BTreeMap<String, Arc<SagaDefinition>>) -> Self {
+        Self {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            data_dir: PathBuf::from("data/gateway"),
+            partitions: 16,
+            definitions,
+            request_window: DEFAULT_REQUEST_WINDOW,
+            replicas: 1,
+        }
+    }
+}
+
+/// Binds `config.grpc_addr` and serves until `shutdown` resolves. See [`serve_on`].
+pub async fn serve(
+    config: GatewayConfig,
+    js: jetstream::Context,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    let listener = TcpListener::bind(config.grpc_addr)
+        .await
+        .map_err(|source| GatewayError::Bind {
+            addr: config.grpc_addr,
+            source,
+        })?;
+    serve_on(listener, config, js, shutdown).await
+}
+
+/// Serves `saga.v1.SagaGateway`, `grpc.health.v1.Health` and server reflection (v1 and
+/// v1alpha, for grpcurl before 1.9) on `listener` until `shutdown` resolves, while a
+/// task keeps the projection in `config.data_dir` up to date from `SAGA_JOURNAL`.
+///
+/// The streams must exist (`saga_nats::provision_streams`); the `saga_requests` bucket is
+/// created here. On shutdown the server stops accepting, open watch streams end with
+/// `UNAVAILABLE`, in-flight requests finish, then the follower stops and the projection
+/// is flushed.
+pub async fn serve_on(
+    listener: TcpListener,
+    config: GatewayConfig,
+    js: jetstream::Context,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    let projection = Arc::new(Projection::open(
+        &config.data_dir,
+        config.definitions.values().map(|d| d.as_ref()),
+    )?);
+    let requests = ensure_requests_bucket(&js, config.request_window, config.replicas).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let follower = tokio::spawn(projection.clone().follow(js.clone(), stop_rx.clone()));
+    let service = GatewayService::new(
+        projection.clone(),
+        js.clone(),
+        requests,
+        Arc::new(config.definitions),
+        config.partitions,
+        stop_rx.clone(),
+    );
+
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<SagaGatewayServer<GatewayService>>()
+        .await;
+    let health_task = tokio::spawn(report_nats_health(reporter, js.clone(), stop_rx.clone()));
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(saga_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(saga_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let addr = listener.local_addr().ok();
+    tracing::info!(addr = ?addr, partitions = config.partitions, "saga-gateway serving");
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: draining requests");
+        let _ = stop_tx.send(true);
+    };
+    let served = Server::builder()
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(SagaGatewayServer::new(service))
+        .serve_with_incoming_shutdown(incoming, signal)
+        .await;
+
+    // The signal has fired (or the server failed): stop the tasks either way.
+    health_task.abort();
+    follower.abort();
+    let _ = follower.await;
+    projection.flush().await?;
+    served?;
+    Ok(())
+}
+
+/// Reports `saga.v1.SagaGateway` NOT_SERVING while NATS is disconnected (reads still
+/// work, writes answer UNAVAILABLE), SERVING otherwise.
+async fn report_nats_health(
+    reporter: HealthReporter,
+    js: jetstream::Context,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut serving = true;
+    loop {
+        let connected = js.client().connection_state() == State::Connected;
+        if connected != serving {
+            serving = connected;
+            if serving {
+                tracing::info!("NATS reachable again: serving");
+                reporter
+                    .set_serving::<SagaGatewayServer<GatewayService>>()
+                    .await;
+            } else {
+                tracing::warn!("NATS unreachable: writes answer UNAVAILABLE until it returns");
+                reporter
+                    .set_not_serving::<SagaGatewayServer<GatewayService>>()
+                    .await;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
