@@ -2,96 +2,14 @@
 //! nats-server, worker and participants, driven with the generated tonic client the way
 //! a user would drive it with grpcurl.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use saga_e2e::*;
-use saga_proto::saga_gateway_client::SagaGatewayClient;
 use saga_proto::{self as pb, Message};
-use saga_testkit::ProcessGuard;
-use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
-
-type Client = SagaGatewayClient<Channel>;
 
 /// Per-call deadline: longer than the gateway's own NATS timeouts.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A running `saga-gateway` process.
-struct Gateway {
-    process: ProcessGuard,
-    data_dir: PathBuf,
-}
-
-impl Gateway {
-    /// Starts `saga-gateway` on a free port with its own data dir `name`, and waits
-    /// until it answers.
-    async fn start(stack: &Stack, name: &str) -> (Self, Client) {
-        let data_dir = stack.data_dir(name);
-        for _ in 0..5 {
-            let port = free_port();
-            let addr = format!("127.0.0.1:{port}");
-            let mut process =
-                ProcessGuard::spawn(gateway_command(stack, &data_dir).env("GRPC_ADDR", &addr))
-                    .expect("spawn saga-gateway");
-            if let Some(client) = connect(&addr, &mut process).await {
-                return (Self { process, data_dir }, client);
-            }
-            // The port was taken between probing and binding: try another.
-        }
-        panic!("saga-gateway did not start");
-    }
-
-    /// SIGTERM, and a clean exit within the deadline.
-    fn stop(&mut self) {
-        stop(&mut self.process);
-        let status = self.process.wait().expect("gateway exit status");
-        assert!(status.success(), "saga-gateway exited with {status}");
-    }
-}
-
-fn gateway_command(stack: &Stack, data_dir: &std::path::Path) -> Command {
-    let mut cmd = Command::new(binary("saga-gateway"));
-    cmd.env("NATS_URL", stack.nats.url())
-        .env("DATA_DIR", data_dir)
-        .env("SAGAS_DIR", repo().join("sagas"))
-        .env("PARTITIONS", PARTITIONS.to_string())
-        .env("RUST_LOG", "warn");
-    cmd
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// A client once the gateway answers; `None` if the process died first.
-async fn connect(addr: &str, process: &mut ProcessGuard) -> Option<Client> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if !process.is_running() {
-            return None;
-        }
-        if let Ok(mut client) = SagaGatewayClient::connect(format!("http://{addr}")).await {
-            if client
-                .list_sagas(req(pb::ListSagasRequest::default()))
-                .await
-                .is_ok()
-            {
-                return Some(client);
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "saga-gateway on {addr} not answering within 30s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn req<T>(message: T) -> Request<T> {
     let mut r = Request::new(message);
