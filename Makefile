@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 SAGAS := $(wildcard sagas/*.yaml)
 
-.PHONY: help setup build demo test lint fmt clippy check-core-deps ci clean
+.PHONY: help setup build demo bench test lint fmt clippy check-core-deps ci clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -16,9 +16,18 @@ setup: ## install what the project needs (pinned nats-server into .tools/, grpcu
 build: ## build every crate and binary
 	$(CARGO) build --workspace --all-targets
 
-demo: setup ## validate and draw the shipped sagas (the stack demo comes with the gateway)
-	$(CARGO) run -q -p sagactl -- def validate --explain $(SAGAS)
-	$(CARGO) run -q -p sagactl -- def graph sagas/order-checkout.yaml
+# Ports of the local stack (override: make demo NATS_PORT=4222 GRPC_ADDR=0.0.0.0:50051).
+NATS_PORT ?= 4333
+GRPC_ADDR ?= 127.0.0.1:50051
+
+demo: setup ## run the whole stack locally with a demo (Ctrl-C stops it)
+	$(CARGO) build --workspace --bins
+	$(CARGO) run -q -p sagactl -- def validate $(SAGAS)
+	target/debug/sagactl dev --demo --nats-port $(NATS_PORT) --grpc-addr $(GRPC_ADDR)
+
+bench: setup ## sagactl bench against a release stack (see docs/benchmarks.md)
+	$(CARGO) build --release --workspace --bins
+	scripts/bench.sh
 
 test: setup ## run every test (unit, property, CLI, end-to-end on a real nats-server)
 	$(CARGO) build --workspace --bins

@@ -121,6 +121,33 @@ async fn three_workers_split_the_partitions_evenly() {
     wait_balanced(&js, 12, &["w1", "w2", "w3"], Duration::from_secs(30)).await;
     let s = shares(&owners(&js, 12).await);
     assert_eq!(s.values().copied().collect::<Vec<_>>(), [4, 4, 4]);
+    // `sagactl cluster` shows the same.
+    let shown = std::process::Command::new(binary("sagactl"))
+        .args([
+            "cluster",
+            "--lease-ttl-ms",
+            TTL_MS,
+            "--nats-url",
+            &stack.nats.url(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    assert!(text.contains("3 live worker(s), 12 partitions"), "{text}");
+    for w in ["w1", "w2", "w3"] {
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.starts_with("saga-p") && l.contains(w))
+                .count(),
+            4,
+            "{text}"
+        );
+    }
     // A worker configured with another partition count refuses to start, saying why.
     let mut odd = worker(&stack, "w4", &[("PARTITIONS", "8")]);
     let status = odd

@@ -44,6 +44,18 @@ pub enum Command {
     Bench(BenchArgs),
     /// Run the whole stack locally: nats-server, workers, participants, gateway.
     Dev(DevArgs),
+    /// Live workers, the partitions each holds, and the lag of every partition.
+    Cluster(ClusterArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// NATS server URL.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Lease TTL of the workers, in milliseconds (a heartbeat older than it is gone).
+    #[arg(long, env = "LEASE_TTL_MS", default_value_t = 10_000)]
+    pub lease_ttl_ms: u64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -15,6 +15,7 @@ use clap::Parser;
 mod args;
 mod bench;
 mod client;
+mod cluster;
 mod def;
 mod dev;
 mod json;
@@ -61,6 +62,7 @@ fn main() -> ExitCode {
             }
             Command::Bench(a) => bench::run(&gateway, out, a).await,
             Command::Dev(a) => dev::run(a).await,
+            Command::Cluster(a) => cluster::run(out, a).await,
         }
     });
     match result {

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs `sagactl bench` against a local release stack (`sagactl dev`): concurrency 1, 16
+# and 64 with one worker, then 1, 2 and 3 workers at concurrency 64. Prints one line
+# per run; docs/benchmarks.md records the figures.
+#   SAGAS=1000 scripts/bench.sh
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bin=target/release
+sagas="${SAGAS:-1000}"
+nats_port="${NATS_PORT:-4334}"
+grpc="127.0.0.1:${GRPC_PORT:-50061}"
+
+run() { # workers concurrency
+    local workers="$1" concurrency="$2" dir
+    dir="$(mktemp -d)"
+    "${bin}/sagactl" dev --workers "${workers}" --nats-port "${nats_port}" --grpc-addr "${grpc}" \
+        --data-dir "${dir}" >"${dir}/dev.out" 2>&1 &
+    local dev=$!
+    for _ in $(seq 1 300); do
+        grep -q "grpcurl" "${dir}/dev.out" 2>/dev/null && break
+        kill -0 "${dev}" 2>/dev/null || { cat "${dir}/dev.out"; exit 1; }
+        sleep 0.2
+    done
+    printf 'workers=%s concurrency=%s: ' "${workers}" "${concurrency}"
+    "${bin}/sagactl" --gateway "http://${grpc}" bench --sagas "${sagas}" --concurrency "${concurrency}" 2>/dev/null \
+        | grep -E 'sagas/s|p50|COMPLETED|COMPENSATED|FAILED' | tr '\n' ' '
+    echo
+    kill -TERM "${dev}"
+    wait "${dev}" || true
+    rm -rf "${dir}"
+}
+
+for c in 1 16 64; do run 1 "${c}"; done
+for w in 2 3; do run "${w}" 64; done
