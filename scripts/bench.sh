@@ -21,6 +21,18 @@ run() { # workers concurrency
         kill -0 "${dev}" 2>/dev/null || { cat "${dir}/dev.out"; exit 1; }
         sleep 0.2
     done
+    # Let the workers settle their partitions (even shares) before measuring.
+    for _ in $(seq 1 150); do
+        NATS_URL="nats://127.0.0.1:${nats_port}" "${bin}/sagactl" --json cluster 2>/dev/null \
+            | python3 -c '
+import json, sys
+c = json.load(sys.stdin)
+shares = [len(w["partitions"]) for w in c["workers"]]
+owned = all(p["owner"] for p in c["partitionLag"])
+sys.exit(0 if len(shares) == int(sys.argv[1]) and owned and max(shares) - min(shares) <= 1 else 1)
+' "${workers}" && break
+        sleep 0.2
+    done
     printf 'workers=%s concurrency=%s: ' "${workers}" "${concurrency}"
     "${bin}/sagactl" --gateway "http://${grpc}" bench --sagas "${sagas}" --concurrency "${concurrency}" 2>/dev/null \
         | grep -E 'sagas/s|p50|COMPLETED|COMPENSATED|FAILED' | tr '\n' ' '
@@ -30,5 +42,5 @@ run() { # workers concurrency
     rm -rf "${dir}"
 }
 
-for c in 1 16 64; do run 1 "${c}"; done
-for w in 2 3; do run "${w}" 64; done
+for c in ${CONCURRENCY:-1 16 64}; do run 1 "${c}"; done
+for w in ${WORKERS:-2 3}; do run "${w}" 64; done

@@ -24,10 +24,20 @@ pub async fn dispatch(
         if *shutdown.borrow() {
             return;
         }
-        let batch = tokio::select! {
-            _ = shutdown.changed() => return,
-            b = consumer.fetch(ctx.config.batch_size, Duration::from_secs(1)) => b,
-        };
+        // Not cancelled on shutdown: a pull cut short would leave what the server
+        // already sent unacknowledged until its ack wait; the fetch ends within a
+        // second and what it brought is handed back at once instead.
+        let batch = consumer
+            .fetch(ctx.config.batch_size, Duration::from_secs(1))
+            .await;
+        if *shutdown.borrow() {
+            if let Ok(batch) = batch {
+                for d in batch {
+                    let _ = d.acker.nak(None).await;
+                }
+            }
+            return;
+        }
         let batch = match batch {
             Ok(b) => b,
             Err(e) => {
