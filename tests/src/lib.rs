@@ -537,3 +537,34 @@ async fn connect(addr: &str, process: &mut ProcessGuard) -> Option<Client> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Waits until every checkout saga completed, then checks each journal is gapless and
+/// each order got exactly one `OrderConfirmed`.
+pub async fn assert_checkouts_completed_once(js: &async_nats::jetstream::Context, ids: &[String]) {
+    let states = wait_terminal(js, "OrderCheckout", ids, Duration::from_secs(120)).await;
+    assert!(
+        states.iter().all(|s| *s == pb::SagaState::Completed),
+        "{states:?}"
+    );
+    for id in ids {
+        assert_gapless(&journal(js, "OrderCheckout", id).await, id);
+    }
+    let confirmed = event_counts(js, "events.orders.OrderConfirmed").await;
+    for id in ids {
+        assert_eq!(confirmed.get(id), Some(&1), "OrderConfirmed of {id}");
+    }
+}
+
+/// Checks each checkout participant (stopped) applied every action exactly once per
+/// saga, `n` sagas in all.
+pub fn assert_checkout_ledgers(stack: &Stack, n: u64) {
+    assert_eq!(
+        assert_no_double_effect(stack, "inventory")["ReserveStock"],
+        n
+    );
+    assert_eq!(
+        assert_no_double_effect(stack, "payment")["ChargePayment"],
+        n
+    );
+    assert_eq!(assert_no_double_effect(stack, "orders")["ConfirmOrder"], n);
+}

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use saga_e2e::*;
 use saga_nats::leases::{cluster_owners, Lease};
-use saga_proto as pb;
 use saga_testkit::ProcessGuard;
 
 const SAGA: &str = "OrderCheckout";
@@ -78,33 +77,6 @@ async fn place(js: &async_nats::jetstream::Context, prefix: &str, n: usize) -> V
         start_saga(js, SAGA, id, order(id, "zoe", &[("sku-1", 1, 100)])).await;
     }
     ids
-}
-
-async fn assert_finished_once(js: &async_nats::jetstream::Context, ids: &[String]) {
-    let states = wait_terminal(js, SAGA, ids, Duration::from_secs(120)).await;
-    assert!(
-        states.iter().all(|s| *s == pb::SagaState::Completed),
-        "{states:?}"
-    );
-    for id in ids {
-        assert_gapless(&journal(js, SAGA, id).await, id);
-    }
-    let confirmed = event_counts(js, "events.orders.OrderConfirmed").await;
-    for id in ids {
-        assert_eq!(confirmed.get(id), Some(&1), "OrderConfirmed of {id}");
-    }
-}
-
-fn assert_ledgers(stack: &Stack, n: u64) {
-    assert_eq!(
-        assert_no_double_effect(stack, "inventory")["ReserveStock"],
-        n
-    );
-    assert_eq!(
-        assert_no_double_effect(stack, "payment")["ChargePayment"],
-        n
-    );
-    assert_eq!(assert_no_double_effect(stack, "orders")["ConfirmOrder"], n);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,13 +159,13 @@ async fn a_killed_worker_is_taken_over_and_nothing_is_lost_or_doubled() {
             .elapsed()
             .min(takeover + killed.elapsed() - killed.elapsed())
     );
-    assert_finished_once(&js, &ids).await;
+    assert_checkouts_completed_once(&js, &ids).await;
     stop(&mut w1);
     stop(&mut w3);
     for p in &mut ps {
         stop(p);
     }
-    assert_ledgers(&stack, 40);
+    assert_checkout_ledgers(&stack, 40);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,13 +186,13 @@ async fn a_paused_worker_is_fenced_when_it_wakes_up() {
     // w2 finds its leases gone, stops consuming, then gets its fair share back.
     wait_balanced(&js, PARTITIONS, &["w1", "w2"], Duration::from_secs(30)).await;
     ids.extend(place(&js, "after-pause", 10).await);
-    assert_finished_once(&js, &ids).await;
+    assert_checkouts_completed_once(&js, &ids).await;
     stop(&mut w1);
     stop(&mut w2);
     for p in &mut ps {
         stop(p);
     }
-    assert_ledgers(&stack, 40);
+    assert_checkout_ledgers(&stack, 40);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,14 +221,14 @@ async fn a_worker_joining_under_load_takes_its_share() {
         Duration::from_secs(30),
     )
     .await;
-    assert_finished_once(&js, &ids).await;
+    assert_checkouts_completed_once(&js, &ids).await;
     for w in [&mut w1, &mut w2, &mut w3, &mut w4] {
         stop(w);
     }
     for p in &mut ps {
         stop(p);
     }
-    assert_ledgers(&stack, 40);
+    assert_checkout_ledgers(&stack, 40);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

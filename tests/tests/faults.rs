@@ -20,34 +20,6 @@ async fn start_orders(js: &async_nats::jetstream::Context, prefix: &str, n: usiz
     ids
 }
 
-async fn assert_all_done_once(stack: &Stack, js: &async_nats::jetstream::Context, ids: &[String]) {
-    let states = wait_terminal(js, SAGA, ids, Duration::from_secs(120)).await;
-    assert!(
-        states.iter().all(|s| *s == pb::SagaState::Completed),
-        "{states:?}"
-    );
-    for id in ids {
-        assert_gapless(&journal(js, SAGA, id).await, id);
-    }
-    let confirmed = event_counts(js, "events.orders.OrderConfirmed").await;
-    for id in ids {
-        assert_eq!(confirmed.get(id), Some(&1), "OrderConfirmed of {id}");
-    }
-    let _ = stack;
-}
-
-fn assert_participants_clean(stack: &Stack, n: u64) {
-    assert_eq!(
-        assert_no_double_effect(stack, "inventory")["ReserveStock"],
-        n
-    );
-    assert_eq!(
-        assert_no_double_effect(stack, "payment")["ChargePayment"],
-        n
-    );
-    assert_eq!(assert_no_double_effect(stack, "orders")["ConfirmOrder"], n);
-}
-
 async fn worker_crash_at(point: &str) {
     let stack = Stack::new();
     let mut ps = checkout_participants(&stack, &[]);
@@ -69,9 +41,9 @@ async fn worker_crash_at(point: &str) {
     );
     // A restarted worker (same data dir) finishes every saga.
     let mut worker = stack.worker("worker", &[FAST_REDELIVERY]);
-    assert_all_done_once(&stack, &js, &ids).await;
+    assert_checkouts_completed_once(&js, &ids).await;
     stop_all(&mut worker, &mut ps);
-    assert_participants_clean(&stack, 10);
+    assert_checkout_ledgers(&stack, 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,10 +82,10 @@ async fn every_saga_finishes_when_nats_restarts_mid_run() {
     }
     stack.nats.restart().unwrap();
     let js = stack.js().await;
-    assert_all_done_once(&stack, &js, &ids).await;
+    assert_checkouts_completed_once(&js, &ids).await;
     assert!(worker.is_running(), "the worker survives a server restart");
     stop_all(&mut worker, &mut ps);
-    assert_participants_clean(&stack, 20);
+    assert_checkout_ledgers(&stack, 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,5 +129,5 @@ async fn a_participant_killed_after_its_effect_before_its_reply_does_not_apply_i
     for p in [&mut inventory, &mut payment, &mut orders] {
         stop(p);
     }
-    assert_participants_clean(&stack, 1);
+    assert_checkout_ledgers(&stack, 1);
 }

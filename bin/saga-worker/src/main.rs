@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
-use saga_core::definition::{load_file, SagaDefinition};
+use saga_core::definition::SagaDefinition;
 use saga_core::{Clock, SystemClock};
 use saga_nats::leases::{LeaseEvent, LeaseSettings, Leases};
 use saga_nats::{ConsumerSettings, NatsConsumer, NatsJournal, NatsPublisher, ProvisionConfig};
@@ -190,35 +190,8 @@ async fn run(args: Args) -> Result<()> {
 }
 
 fn load_definitions(dir: &Path) -> Result<BTreeMap<String, Arc<SagaDefinition>>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading saga definitions from {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-        .collect();
-    files.sort();
-    let mut out = BTreeMap::new();
-    let mut problems = Vec::new();
-    for f in files {
-        match load_file(&f) {
-            Ok(l) => {
-                if let Some(old) = out.insert(l.definition.name.clone(), Arc::new(l.definition)) {
-                    problems.push(format!(
-                        "{}: saga `{}` is defined twice",
-                        f.display(),
-                        old.name
-                    ));
-                }
-            }
-            Err(e) => problems.push(e.to_string()),
-        }
-    }
-    if !problems.is_empty() {
-        bail!("invalid saga definitions:\n{}", problems.join("\n"));
-    }
-    if out.is_empty() {
-        bail!("no saga definitions (*.yaml) in {}", dir.display());
-    }
-    Ok(out)
+    let defs = saga_core::definition::load_dir(dir).map_err(anyhow::Error::msg)?;
+    Ok(defs.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
 }
 
 fn fault_hook(spec: &str) -> Result<Arc<dyn Fn(FaultPoint) + Send + Sync>> {

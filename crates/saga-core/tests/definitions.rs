@@ -307,3 +307,31 @@ fn the_graph_draws_forward_and_compensation_edges_distinctly() {
     assert!(g.contains("c1 -.->|done| c0") && g.contains("c0 -.->|done| compensated"));
     assert!(g.contains("classDef comp"));
 }
+
+#[test]
+fn a_directory_loads_by_name_and_reports_every_broken_file() {
+    let defs = saga_core::definition::load_dir(sagas_dir()).unwrap();
+    assert_eq!(
+        defs.keys().collect::<Vec<_>>(),
+        ["OrderCheckout", "TravelBookingSaga"]
+    );
+    let dir = std::env::temp_dir().join(format!("defs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let travel = include_str!("../../../sagas/travel-booking.yaml");
+    std::fs::write(dir.join("a.yaml"), travel).unwrap();
+    std::fs::write(dir.join("b.yaml"), travel).unwrap();
+    std::fs::write(dir.join("c.yml"), "saga: [").unwrap();
+    let e = saga_core::definition::load_dir(&dir).unwrap_err();
+    assert!(
+        e.contains("saga `TravelBookingSaga` is defined twice"),
+        "{e}"
+    );
+    assert!(e.contains("c.yml: yaml: not valid YAML"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    let empty = std::env::temp_dir().join(format!("defs-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    assert!(saga_core::definition::load_dir(&empty)
+        .unwrap_err()
+        .contains("no saga definitions"));
+    std::fs::remove_dir_all(&empty).unwrap();
+}

@@ -78,6 +78,41 @@ pub fn load_file(path: &Path) -> Result<Loaded, DefinitionErrors> {
     }
 }
 
+/// Loads every `*.yaml` / `*.yml` definition of a directory, by saga name. The error
+/// lists every problem of every file (and names defined twice, and an empty directory).
+pub fn load_dir(dir: &Path) -> Result<std::collections::BTreeMap<String, SagaDefinition>, String> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| format!("reading saga definitions from {}: {e}", dir.display()))?;
+    let mut files: Vec<std::path::PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    let mut out = std::collections::BTreeMap::new();
+    let mut problems = Vec::new();
+    for f in files {
+        match load_file(&f) {
+            Ok(l) => {
+                let name = l.definition.name.clone();
+                if out.insert(name.clone(), l.definition).is_some() {
+                    problems.push(format!("{}: saga `{name}` is defined twice", f.display()));
+                }
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(format!(
+            "invalid saga definitions:\n{}",
+            problems.join("\n")
+        ));
+    }
+    if out.is_empty() {
+        return Err(format!("no saga definitions (*.yaml) in {}", dir.display()));
+    }
+    Ok(out)
+}
+
 /// Parses and validates definition text; `file` names it in messages.
 pub fn parse_definition(file: &str, text: &str) -> Result<Loaded, DefinitionErrors> {
     let mut cx = Cx::default();

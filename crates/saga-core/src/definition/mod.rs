@@ -8,7 +8,9 @@ mod plan;
 use std::time::Duration;
 
 pub use graph::mermaid;
-pub use load::{load_file, parse_definition, DefinitionError, DefinitionErrors, Loaded, Note};
+pub use load::{
+    load_dir, load_file, parse_definition, DefinitionError, DefinitionErrors, Loaded, Note,
+};
 pub use plan::{FailureKind, PlannedScenario};
 
 use crate::retry::RetryPolicy;
