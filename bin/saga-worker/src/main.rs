@@ -151,7 +151,20 @@ async fn run(args: Args) -> Result<()> {
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
-        for event in leases.tick(clock.now()).await {
+        let events = leases.tick(clock.now()).await;
+        // Everything to give up goes at once: releasing one partition after the other
+        // would hold back the next heartbeat and let the other leases expire.
+        let lost: Vec<u32> = events
+            .iter()
+            .filter_map(|e| match e {
+                LeaseEvent::Lost(p) | LeaseEvent::Release(p) => Some(*p),
+                LeaseEvent::Acquired(_) => None,
+            })
+            .collect();
+        if !lost.is_empty() {
+            worker.release_many(&lost, grace).await;
+        }
+        for event in events {
             match event {
                 LeaseEvent::Acquired(p) => match NatsConsumer::partition(&js, p).await {
                     Ok(consumer) => {
@@ -166,11 +179,8 @@ async fn run(args: Args) -> Result<()> {
                         leases.relinquish_now(p).await;
                     }
                 },
-                LeaseEvent::Lost(p) => worker.release(p, grace).await,
-                LeaseEvent::Release(p) => {
-                    worker.release(p, grace).await;
-                    leases.relinquish(p).await;
-                }
+                LeaseEvent::Lost(_) => {}
+                LeaseEvent::Release(p) => leases.relinquish(p).await,
             }
         }
         tokio::select! {
@@ -180,9 +190,7 @@ async fn run(args: Args) -> Result<()> {
     }
     info!("shutting down: finishing in-flight transitions, giving the partitions back");
     pruner.abort();
-    for p in worker.held().await {
-        worker.release(p, grace).await;
-    }
+    worker.release_all(grace).await;
     leases.leave().await;
     worker.shutdown(grace).await;
     store.flush().await?;

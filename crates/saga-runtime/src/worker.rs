@@ -145,19 +145,42 @@ impl Worker {
     /// Stops consuming a partition: its dispatcher stops fetching, and its saga actors
     /// finish the transition in hand and stop (unacked inputs go to the next owner).
     pub async fn release(&self, partition: u32, grace: Duration) {
-        let Some((stop, handle)) = self.partitions.lock().await.remove(&partition) else {
-            return;
+        self.release_many(&[partition], grace).await;
+    }
+
+    /// Releases every partition at once (graceful shutdown).
+    pub async fn release_all(&self, grace: Duration) {
+        let held = self.held().await;
+        self.release_many(&held, grace).await;
+    }
+
+    /// Releases several partitions together: their dispatchers stop at the same time,
+    /// then every saga actor of theirs finishes the transition in hand.
+    pub async fn release_many(&self, partitions: &[u32], grace: Duration) {
+        let running: Vec<(u32, Dispatcher)> = {
+            let mut held = self.partitions.lock().await;
+            partitions
+                .iter()
+                .filter_map(|p| held.remove(p).map(|d| (*p, d)))
+                .collect()
         };
-        let _ = stop.send(true);
-        let _ = handle.await;
-        let actors = ractor::call!(self.supervisor, |reply| SupervisorMsg::Release {
-            partition,
-            partitions: self.ctx.config.partitions,
-            reply,
-        })
-        .unwrap_or_default();
+        for (_, (stop, _)) in &running {
+            let _ = stop.send(true);
+        }
+        let mut actors = Vec::new();
+        for (partition, (_, handle)) in running {
+            let _ = handle.await;
+            actors.extend(
+                ractor::call!(self.supervisor, |reply| SupervisorMsg::Release {
+                    partition,
+                    partitions: self.ctx.config.partitions,
+                    reply,
+                })
+                .unwrap_or_default(),
+            );
+        }
         drain(actors, grace).await;
-        info!(partition, "partition released");
+        info!(?partitions, "partitions released");
     }
 
     /// Partitions consumed now.
