@@ -7,7 +7,8 @@
 //! cargo build --release --workspace --bins
 //! cargo run --release -p saga-e2e --example checkout_bench -- 1000 32
 //! ```
-//! Arguments: number of sagas (default 1000), sagas in flight (default 32).
+//! Arguments: number of sagas (default 1000), sagas in flight (default 32), workers
+//! (default 1).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -22,9 +23,12 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let total: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
     let in_flight: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(32);
+    let workers: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1);
 
     let stack = Stack::new();
-    let _worker = stack.worker("worker", &[]);
+    let _workers: Vec<_> = (0..workers)
+        .map(|i| stack.worker(&format!("worker-{i}"), &[]))
+        .collect();
     let _inventory = stack.participant("inventory", "inventory", &["--initial-stock", "100000000"]);
     let _payment = stack.participant("payment", "payment", &[]);
     let _orders = stack.participant("orders", "orders", &[]);
@@ -53,13 +57,18 @@ async fn main() {
     {}
 
     let mut started: HashMap<String, Instant> = HashMap::new();
+    let mut wall: HashMap<String, std::time::SystemTime> = HashMap::new();
     let mut hist = Histogram::<u64>::new(3).unwrap();
     let (mut sent, mut done, mut confirmed, mut cancelled) = (0usize, 0usize, 0usize, 0usize);
     let t0 = Instant::now();
+    let mut slowest = (String::new(), Duration::ZERO);
+    let mut slowest_publish = Duration::ZERO;
     while done < total {
         while sent < total && sent - done < in_flight {
             let id = format!("bench-{sent}");
             started.insert(id.clone(), Instant::now());
+            wall.insert(id.clone(), std::time::SystemTime::now());
+            let p0 = Instant::now();
             start_saga(
                 &js,
                 "OrderCheckout",
@@ -67,6 +76,7 @@ async fn main() {
                 order(&id, "c", &[("sku-1", 1, 100)]),
             )
             .await;
+            slowest_publish = slowest_publish.max(p0.elapsed());
             sent += 1;
         }
         let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(60), events.next()).await
@@ -89,7 +99,11 @@ async fn main() {
             )
         };
         if let Some(t) = started.remove(&id) {
-            hist.record(t.elapsed().as_micros() as u64).unwrap();
+            let took = t.elapsed();
+            if took > slowest.1 {
+                slowest = (id.clone(), took);
+            }
+            hist.record(took.as_micros() as u64).unwrap();
             done += 1;
             if ok {
                 confirmed += 1
@@ -114,4 +128,21 @@ async fn main() {
         ms(0.99),
         hist.max() as f64 / 1000.0
     );
+    // Where the slowest saga spent its time: the journal's transitions, with timestamps.
+    let j = journal(&js, "OrderCheckout", &slowest.0).await;
+    println!("slowest: {} in {:?}; slowest start publish (until JetStream acked it): {slowest_publish:?}", slowest.0, slowest.1);
+    let first = wall[&slowest.0]
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    println!("  +    0 ms  start published");
+    for e in &j {
+        let at = e.recorded_at.map(|t| pb::millis(&t)).unwrap_or(0);
+        println!(
+            "  +{:>5} ms  v{} {:?}",
+            at.saturating_sub(first),
+            e.version,
+            e.state()
+        );
+    }
 }
