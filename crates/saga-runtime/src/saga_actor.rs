@@ -49,6 +49,9 @@ pub struct SagaArgs {
     pub saga_id: SagaId,
     /// Its type.
     pub saga_type: String,
+    /// Spawned to resume the saga (recovery, takeover) rather than for an input: its
+    /// state is rebuilt from the journal at once when the local store lacks it.
+    pub resume: bool,
 }
 
 /// A saga actor's state, built in `post_start` from the store or the journal.
@@ -61,6 +64,7 @@ pub struct SagaActorState {
     stored: Option<StoredSaga>,
     timers: BTreeMap<TimerKey, JoinHandle<()>>,
     activity: u64,
+    resume: bool,
 }
 
 impl Actor for SagaActor {
@@ -82,6 +86,7 @@ impl Actor for SagaActor {
             stored: None,
             timers: BTreeMap::new(),
             activity: 0,
+            resume: args.resume,
         })
     }
 
@@ -110,19 +115,16 @@ impl Actor for SagaActor {
             },
             None => None,
         };
+        // A saga met for the first time through its input is loaded lazily: a start
+        // needs no journal read, anything else is rebuilt from the journal then.
         st.stored = match local {
             Some(s) => Some(s),
-            None => rebuild_from_journal(st).await?,
+            None if st.resume => rebuild_from_journal(st).await?,
+            None => None,
         };
-        if let Some(stored) = &st.stored {
-            let now = st.ctx.clock.now();
-            for (key, at) in stored.timers.clone() {
-                let after = Duration::from_millis(at.saturating_sub(now));
-                arm(&myself, &mut st.timers, key, after);
-            }
-            if !st.ctx.store.outbox(st.saga_id.as_str())?.is_empty() {
-                myself.cast(SagaMsg::Relay)?;
-            }
+        st.arm_stored_timers(&myself);
+        if st.stored.is_some() && !st.ctx.store.outbox(st.saga_id.as_str())?.is_empty() {
+            myself.cast(SagaMsg::Relay)?;
         }
         Ok(())
     }
@@ -206,6 +208,18 @@ fn arm(
 }
 
 impl SagaActorState {
+    /// Arms the actor timers of the persisted deadlines (after a load or a rebuild).
+    fn arm_stored_timers(&mut self, myself: &ActorRef<SagaMsg>) {
+        let Some(stored) = &self.stored else {
+            return;
+        };
+        let now = self.ctx.clock.now();
+        for (key, at) in stored.timers.clone() {
+            let after = Duration::from_millis(at.saturating_sub(now));
+            arm(myself, &mut self.timers, key, after);
+        }
+    }
+
     fn is_done(&self) -> Result<bool, RuntimeError> {
         Ok(match &self.stored {
             Some(s) => {
@@ -235,6 +249,13 @@ impl SagaActorState {
             return self
                 .reject(delivery, &format!("unknown saga type `{}`", self.saga_type))
                 .await;
+        }
+        if self.stored.is_none() && !matches!(input, Input::Start { .. }) {
+            self.stored = rebuild_from_journal(self).await?;
+            self.arm_stored_timers(myself);
+            if self.stored.is_some() {
+                self.relay(myself).await?;
+            }
         }
         if self.stored.is_none() {
             if !matches!(input, Input::Start { .. }) {

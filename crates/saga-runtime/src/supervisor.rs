@@ -113,7 +113,7 @@ impl Actor for SagaSupervisor {
                 let mut msg = SagaMsg::Input { input, delivery };
                 // A child that is stopping refuses the message: start a fresh one.
                 for _ in 0..2 {
-                    let child = st.child(&myself, &saga_id, &saga_type).await?;
+                    let child = st.child(&myself, &saga_id, &saga_type, false).await?;
                     match child.cast(msg) {
                         Ok(()) => return Ok(()),
                         Err(ractor::MessagingErr::SendErr(back)) => {
@@ -127,7 +127,7 @@ impl Actor for SagaSupervisor {
             }
             SupervisorMsg::Resume { saga_id, saga_type } => {
                 if st.holds(&saga_id) {
-                    st.child(&myself, &saga_id, &saga_type).await?;
+                    st.child(&myself, &saga_id, &saga_type, true).await?;
                 }
             }
             SupervisorMsg::Hold(partition) => {
@@ -218,6 +218,7 @@ impl SupervisorState {
         myself: &ActorRef<SupervisorMsg>,
         saga_id: &SagaId,
         saga_type: &str,
+        resume: bool,
     ) -> Result<ActorRef<SagaMsg>, ActorProcessingErr> {
         if let Some((child, _)) = self.children.get(saga_id) {
             return Ok(child.clone());
@@ -226,6 +227,7 @@ impl SupervisorState {
             ctx: self.ctx.clone(),
             saga_id: saga_id.clone(),
             saga_type: saga_type.to_string(),
+            resume,
         };
         let (child, _) = Actor::spawn_linked(None, SagaActor, args, myself.get_cell()).await?;
         self.by_actor.insert(child.get_id(), saga_id.clone());
