@@ -190,7 +190,16 @@ impl Leases {
             return events;
         };
         let target = fair_share(&live, &self.settings.worker_id, self.settings.partitions);
-        while self.held.len() + self.releasing.len() > target {
+        if self.held.len() != target {
+            tracing::info!(
+                live = ?live.iter().map(|w| w.worker.as_str()).collect::<Vec<_>>(),
+                target,
+                held = ?self.held(),
+                "rebalancing partitions"
+            );
+        }
+        // Partitions being given back no longer count towards the share.
+        while self.held.len() > target {
             let Some((&p, &(rev, _))) = self.held.iter().next_back() else {
                 break;
             };
@@ -198,11 +207,11 @@ impl Leases {
             self.releasing.insert(p, rev);
             events.push(LeaseEvent::Release(p));
         }
-        if self.held.len() + self.releasing.len() < target {
+        if self.held.len() < target {
             let start = (crate::names_hash(&self.settings.worker_id)
                 % u64::from(self.settings.partitions.max(1))) as u32;
             for i in 0..self.settings.partitions {
-                if self.held.len() + self.releasing.len() >= target {
+                if self.held.len() >= target {
                     break;
                 }
                 let p = (start + i) % self.settings.partitions;
@@ -299,6 +308,9 @@ pub async fn cluster_workers(
         .try_collect()
         .await
         .map_err(|e| err(WORKERS_BUCKET, e))?;
+    // The key listing can name a key twice when it is updated while being listed (every
+    // heartbeat updates one): count each worker once, or shares would shrink.
+    let keys: std::collections::BTreeSet<String> = keys.into_iter().collect();
     let mut live = Vec::new();
     for k in keys {
         if let Ok(Some(v)) = workers.get(&k).await {
