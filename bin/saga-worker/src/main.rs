@@ -147,7 +147,7 @@ async fn run(args: Args) -> Result<()> {
     let pruner = tokio::spawn(prune_inbox(store.clone(), clock.clone(), window));
     let grace = Duration::from_secs(args.shutdown_grace_secs);
     // Frequent heartbeats make joins and departures visible quickly whatever the TTL.
-    let heartbeat = (ttl / 4).min(Duration::from_secs(2));
+    let heartbeat = (ttl / 4).min(Duration::from_millis(500));
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
