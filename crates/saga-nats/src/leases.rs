@@ -286,6 +286,21 @@ impl Leases {
         }
         self.held.clear();
         self.releasing.clear();
+        // A take whose answer was lost leaves a lease this worker never knew it had:
+        // give back whatever still names it.
+        for p in 0..self.settings.partitions {
+            if let Ok(Some(e)) = self.owners.entry(key(p)).await {
+                let mine = e.operation == kv::Operation::Put
+                    && serde_json::from_slice::<Lease>(&e.value)
+                        .is_ok_and(|l| l.worker == self.settings.worker_id);
+                if mine {
+                    let _ = self
+                        .owners
+                        .delete_expect_revision(key(p), Some(e.revision))
+                        .await;
+                }
+            }
+        }
         let _ = self.workers.delete(&self.settings.worker_id).await;
     }
 
