@@ -357,13 +357,14 @@ pub fn assert_gapless(journal: &[pb::JournalEvent], id: &str) {
     assert_eq!(versions, want, "journal of {id} has a gap or a repeat");
 }
 
-/// Domain events on `events.<domain>.<name>` by correlation id.
+/// Domain events `<name>` of the domain (`events.<domain>.<name>.<saga_id>`), by
+/// correlation id.
 pub async fn event_counts(
     js: &async_nats::jetstream::Context,
     subject: &str,
 ) -> std::collections::BTreeMap<String, u64> {
     let mut out = std::collections::BTreeMap::new();
-    for m in messages(js, "SAGA_EVENTS", subject).await {
+    for m in messages(js, "SAGA_EVENTS", &format!("{subject}.*")).await {
         let id = match subject.rsplit('.').next() {
             Some("OrderConfirmed") => {
                 pb::OrderConfirmed::decode(m.payload.as_ref())

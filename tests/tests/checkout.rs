@@ -97,7 +97,7 @@ async fn insufficient_stock_compensates_with_the_reason_and_no_undo_of_the_faile
             .any(|l| l.starts_with("COMPENSATION_STEP_STARTED")),
         "{log:?}"
     );
-    let cancelled = messages(&js, "SAGA_EVENTS", "events.orders.OrderCancelled").await;
+    let cancelled = messages(&js, "SAGA_EVENTS", "events.orders.OrderCancelled.*").await;
     assert_eq!(cancelled.len(), 1);
     let ev: pb::OrderCancelled =
         saga_proto::Message::decode(cancelled[0].payload.as_ref()).unwrap();

@@ -11,10 +11,13 @@ use anyhow::{bail, Context as _, Result};
 use clap::Parser;
 use saga_core::definition::SagaDefinition;
 use saga_core::{Clock, SystemClock};
-use saga_nats::leases::{LeaseEvent, LeaseSettings, Leases};
-use saga_nats::{ConsumerSettings, NatsConsumer, NatsJournal, NatsPublisher, ProvisionConfig};
-use saga_ports::SagaStore;
-use saga_runtime::{Context, FaultPoint, RuntimeConfig, Worker};
+use saga_nats::leases::{LeaseSettings, Leases};
+use saga_nats::membership::{MembershipSettings, PartitionOwner};
+use saga_nats::{
+    ConsumerSettings, NatsConsumer, NatsJournal, NatsOpenSagas, NatsPublisher, ProvisionConfig,
+};
+use saga_ports::{SagaStore, StoreError};
+use saga_runtime::{Context, FaultPoint, Limits, RuntimeConfig, Worker};
 use saga_store_sled::SledStore;
 use tracing::{error, info, warn};
 
@@ -34,16 +37,20 @@ struct Args {
     /// Partition count of the deployment.
     #[arg(long, env = "PARTITIONS", default_value_t = 16)]
     partitions: u32,
-    /// How long processed input ids are remembered, in seconds.
-    #[arg(long, env = "INBOX_WINDOW_SECS", default_value_t = 24 * 3600)]
-    inbox_window_secs: u64,
     /// Seconds before an unacknowledged input is delivered again (the partition
     /// consumers' ack wait); also the first step of their redelivery backoff.
     #[arg(long, env = "INPUT_ACK_WAIT_SECS", default_value_t = 30)]
     input_ack_wait_secs: u64,
-    /// Deliveries of one input before it goes to the dead-letter stream.
+    /// Failed attempts to apply one input before it goes to the dead-letter stream
+    /// (deliveries never tried, and inputs already applied, do not count).
     #[arg(long, env = "INPUT_MAX_DELIVER", default_value_t = 10)]
-    input_max_deliver: i64,
+    input_max_deliver: u64,
+    /// Inputs in flight per worker (back-pressure towards the broker).
+    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 1024)]
+    max_in_flight: usize,
+    /// Sagas restored from the journal at the same time (takeover, restarts).
+    #[arg(long, env = "MAX_CONCURRENT_RESTORES", default_value_t = 32)]
+    max_concurrent_restores: usize,
     /// This worker's id in the cluster (default: a random id kept in the data dir).
     #[arg(long, env = "WORKER_ID")]
     worker_id: Option<String>,
@@ -85,7 +92,9 @@ async fn run(args: Args) -> Result<()> {
             partitions: args.partitions,
             partition_consumer: ConsumerSettings {
                 ack_wait,
-                max_deliver: args.input_max_deliver,
+                // No server-side limit: a delivery is never stranded. The worker counts
+                // real failed attempts itself (--input-max-deliver).
+                max_deliver: -1,
                 backoff: vec![ack_wait, ack_wait * 2, ack_wait * 4],
                 ..ConsumerSettings::default()
             },
@@ -97,10 +106,7 @@ async fn run(args: Args) -> Result<()> {
 
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let store = Arc::new(
-        SledStore::open(args.data_dir.join("store"))
-            .with_context(|| format!("opening the store in {}", args.data_dir.display()))?,
-    );
+    let store = Arc::new(open_store(&args.data_dir)?);
     let worker_id = match &args.worker_id {
         Some(id) => {
             if id.is_empty()
@@ -115,23 +121,28 @@ async fn run(args: Args) -> Result<()> {
         None => store.worker_id().to_string(),
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let config = RuntimeConfig {
+        partitions: args.partitions,
+        worker_id: worker_id.clone(),
+        max_deliver: args.input_max_deliver.max(1),
+        max_in_flight: args.max_in_flight.max(1),
+        max_concurrent_restores: args.max_concurrent_restores.max(1),
+        ..RuntimeConfig::default()
+    };
     let ctx = Context {
         definitions: Arc::new(definitions),
         journal: Arc::new(NatsJournal::new(js.clone())),
         publisher: Arc::new(NatsPublisher::new(js.clone())),
         store: store.clone(),
+        open: Arc::new(NatsOpenSagas::new(js.clone())),
         clock: clock.clone(),
-        config: RuntimeConfig {
-            partitions: args.partitions,
-            worker_id: worker_id.clone(),
-            max_deliver: args.input_max_deliver.max(1) as u64,
-            ..RuntimeConfig::default()
-        },
+        limits: Limits::new(&config),
+        config,
         fault_hook: args.crash_at.as_deref().map(fault_hook).transpose()?,
     };
-    let worker = Worker::new(ctx).await?;
+    let worker = Arc::new(Worker::new(ctx).await?);
     let ttl = Duration::from_millis(args.lease_ttl_ms.max(300));
-    let mut leases = Leases::new(
+    let leases = Leases::new(
         &js,
         LeaseSettings {
             worker_id: worker_id.clone(),
@@ -143,58 +154,73 @@ async fn run(args: Args) -> Result<()> {
     .context("joining the cluster")?;
     info!(%worker_id, partitions = args.partitions, nats = %args.nats_url, lease_ttl = ?ttl, "saga-worker running");
 
-    let window = Duration::from_secs(args.inbox_window_secs);
-    let pruner = tokio::spawn(prune_inbox(store.clone(), clock.clone(), window));
     let grace = Duration::from_secs(args.shutdown_grace_secs);
     // Frequent heartbeats make joins and departures visible quickly whatever the TTL.
     let heartbeat = (ttl / 4).min(Duration::from_millis(500));
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    loop {
-        let events = leases.tick(clock.now()).await;
-        // Everything to give up goes at once: releasing one partition after the other
-        // would hold back the next heartbeat and let the other leases expire.
-        let lost: Vec<u32> = events
-            .iter()
-            .filter_map(|e| match e {
-                LeaseEvent::Lost(p) | LeaseEvent::Release(p) => Some(*p),
-                LeaseEvent::Acquired(_) => None,
-            })
-            .collect();
-        if !lost.is_empty() {
-            worker.release_many(&lost, grace).await;
-        }
-        for event in events {
-            match event {
-                LeaseEvent::Acquired(p) => match NatsConsumer::partition(&js, p).await {
-                    Ok(consumer) => {
-                        if let Err(e) = worker.acquire(p, Box::new(consumer)).await {
-                            warn!(partition = p, error = %e, "taking over the partition failed; giving it back");
-                            worker.release(p, grace).await;
-                            leases.relinquish_now(p).await;
-                        }
-                    }
-                    Err(e) => {
-                        warn!(partition = p, error = %e, "binding the partition consumer failed; giving it back");
-                        leases.relinquish_now(p).await;
-                    }
-                },
-                LeaseEvent::Lost(_) => {}
-                LeaseEvent::Release(p) => leases.relinquish(p).await,
-            }
-        }
-        tokio::select! {
-            _ = &mut shutdown => break,
-            _ = tokio::time::sleep(heartbeat) => {}
-        }
-    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let owner = Arc::new(Owner {
+        worker: worker.clone(),
+        js: js.clone(),
+    });
+    let membership = tokio::spawn(saga_nats::membership::run(
+        leases,
+        owner,
+        MembershipSettings { heartbeat, grace },
+        stopped,
+    ));
+    shutdown_signal().await;
     info!("shutting down: finishing in-flight transitions, giving the partitions back");
-    pruner.abort();
-    worker.release_all(grace).await;
-    leases.leave().await;
-    worker.shutdown(grace).await;
+    let _ = stop.send(true);
+    let _ = membership.await;
+    match Arc::try_unwrap(worker) {
+        Ok(worker) => worker.shutdown(grace).await,
+        Err(_) => warn!("worker still in use at shutdown"),
+    }
     store.flush().await?;
     Ok(())
+}
+
+/// The worker side of membership: bind the partition's consumer and take it over.
+struct Owner {
+    worker: Arc<Worker>,
+    js: async_nats::jetstream::Context,
+}
+
+#[async_trait::async_trait]
+impl PartitionOwner for Owner {
+    async fn take(&self, partition: u32) -> Result<(), String> {
+        let consumer = NatsConsumer::partition(&self.js, partition)
+            .await
+            .map_err(|e| format!("binding the partition consumer: {e}"))?;
+        self.worker
+            .acquire(partition, Box::new(consumer))
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn release(&self, partitions: &[u32], grace: Duration) {
+        self.worker.release_many(partitions, grace).await;
+    }
+}
+
+/// Opens the worker's store. The store is a copy of the journal: when it cannot be
+/// opened as corrupt (sled after an abrupt stop, or a layout this build cannot read), it
+/// is moved aside and the worker starts empty; sagas are restored from the journal.
+fn open_store(data_dir: &Path) -> Result<SledStore> {
+    let path = data_dir.join("store");
+    match SledStore::open(&path) {
+        Ok(s) => Ok(s),
+        Err(StoreError::Corrupted(why)) => {
+            let aside = data_dir.join(format!("store.corrupt-{}", SystemClock.now()));
+            error!(%why, aside = %aside.display(), "the local store is corrupt: moving it aside and starting empty (sagas are restored from the journal)");
+            std::fs::rename(&path, &aside)
+                .with_context(|| format!("moving {} aside", path.display()))?;
+            SledStore::open(&path)
+                .with_context(|| format!("opening a new store in {}", path.display()))
+        }
+        Err(e) => Err(e).with_context(|| format!("opening the store in {}", data_dir.display())),
+    }
 }
 
 fn load_definitions(dir: &Path) -> Result<BTreeMap<String, Arc<SagaDefinition>>> {
@@ -224,18 +250,6 @@ fn fault_hook(spec: &str) -> Result<Arc<dyn Fn(FaultPoint) + Send + Sync>> {
                 nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
         }
     }))
-}
-
-async fn prune_inbox(store: Arc<SledStore>, clock: Arc<dyn Clock>, window: Duration) {
-    loop {
-        tokio::time::sleep(Duration::from_secs(600).min(window)).await;
-        let before = clock.now().saturating_sub(window.as_millis() as u64);
-        match store.prune_inbox(before) {
-            Ok(n) if n > 0 => info!(pruned = n, "inbox window applied"),
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "pruning the inbox failed"),
-        }
-    }
 }
 
 async fn shutdown_signal() {

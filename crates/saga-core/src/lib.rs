@@ -7,6 +7,7 @@
 //! executes elsewhere; time and randomness come in as arguments.
 
 pub mod breaker;
+mod bytes;
 pub mod clock;
 pub mod definition;
 pub mod duration;

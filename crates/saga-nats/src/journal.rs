@@ -147,32 +147,6 @@ impl Journal for NatsJournal {
         }))
     }
 
-    async fn sagas(&self) -> Result<Vec<(String, String)>, PortError> {
-        let unavailable = |e: &dyn std::fmt::Display| {
-            PortError::Unavailable(format!("listing the journal's subjects: {e}"))
-        };
-        let stream = self
-            .js
-            .get_stream_no_info(JOURNAL_STREAM)
-            .await
-            .map_err(|e| unavailable(&e))?;
-        let mut subjects = stream
-            .info_with_subjects("saga.journal.>")
-            .await
-            .map_err(|e| unavailable(&e))?;
-        let mut out = Vec::new();
-        while let Some(next) = subjects.next().await {
-            let (subject, _) = next.map_err(|e| unavailable(&e))?;
-            if let Some((t, id)) = subject
-                .strip_prefix("saga.journal.")
-                .and_then(|r| r.split_once('.'))
-            {
-                out.push((t.to_string(), id.to_string()));
-            }
-        }
-        Ok(out)
-    }
-
     async fn read(&self, saga_type: &str, saga_id: &str) -> Result<Vec<JournalRecord>, PortError> {
         let subject = checked_subject(saga_type, saga_id)?;
         // Read up to the last record that exists now: the ordered consumer never ends by

@@ -24,7 +24,9 @@ mod dlq;
 mod error;
 mod journal;
 pub mod leases;
+pub mod membership;
 pub mod names;
+mod open;
 mod provision;
 mod publisher;
 
@@ -33,6 +35,7 @@ pub use consumer::{NatsAcker, NatsConsumer};
 pub use dlq::dead_letter;
 pub use error::NatsError;
 pub use journal::NatsJournal;
+pub use open::NatsOpenSagas;
 pub use provision::{
     ensure_partition_consumer, ensure_service_consumer, provision, provision_streams,
     ConsumerSettings, ProvisionConfig, Provisioned,

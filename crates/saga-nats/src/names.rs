@@ -42,14 +42,25 @@ pub const OWNERS_BUCKET: &str = "saga_owners";
 /// KV bucket of live workers (`<worker>` -> heartbeat).
 pub const WORKERS_BUCKET: &str = "saga_workers";
 
+/// The per-partition index of open sagas.
+pub const OPEN_STREAM: &str = "SAGA_OPEN";
+/// Its subjects: `saga.open.<partition>.<saga_type>.<saga_id>`.
+pub const OPEN_SUBJECTS: &str = "saga.open.>";
+
 /// Every stream this crate provisions, in provisioning order.
-pub const STREAMS: [&str; 5] = [
+pub const STREAMS: [&str; 6] = [
     INBOX_STREAM,
     COMMANDS_STREAM,
     JOURNAL_STREAM,
     EVENTS_STREAM,
     DLQ_STREAM,
+    OPEN_STREAM,
 ];
+
+/// `saga.open.<partition>.<saga_type>.<saga_id>`: a saga's entry in the open-saga index.
+pub fn open_subject(partition: u32, saga_type: &str, saga_id: &str) -> String {
+    format!("saga.open.{partition}.{saga_type}.{saga_id}")
+}
 
 /// `saga.in.<partition>.<saga_id>`: where a saga's inputs go.
 pub fn inbox_subject(partition: u32, saga_id: &str) -> String {
@@ -86,9 +97,10 @@ pub fn journal_subject(saga_type: &str, saga_id: &str) -> String {
     format!("saga.journal.{saga_type}.{saga_id}")
 }
 
-/// `events.<domain>.<EventName>`: a domain event.
-pub fn event_subject(domain: &str, event_name: &str) -> String {
-    format!("events.{domain}.{event_name}")
+/// `events.<domain>.<EventName>.<saga_id>`: a saga's domain event (one subject per
+/// saga, so it is published create-only). Subscribe to `events.<domain>.<EventName>.*`.
+pub fn event_subject(domain: &str, event_name: &str, saga_id: &str) -> String {
+    format!("events.{domain}.{event_name}.{saga_id}")
 }
 
 /// `dlq.<original subject>`: the dead letter of a message first published on `subject`.
@@ -181,8 +193,12 @@ mod tests {
             "saga.journal.order-checkout.order-1"
         );
         assert_eq!(
-            event_subject("orders", "OrderPlaced"),
-            "events.orders.OrderPlaced"
+            event_subject("orders", "OrderPlaced", "order-1"),
+            "events.orders.OrderPlaced.order-1"
+        );
+        assert_eq!(
+            open_subject(3, "OrderCheckout", "order-1"),
+            "saga.open.3.OrderCheckout.order-1"
         );
         assert_eq!(
             dlq_subject("saga.cmd.payments.charge"),

@@ -224,7 +224,7 @@ impl ProvisionConfig {
                 ..base(
                     names::EVENTS_STREAM,
                     names::EVENTS_SUBJECTS,
-                    "Domain events: events.<domain>.<EventName>",
+                    "Domain events: events.<domain>.<EventName>.<saga_id>",
                 )
             },
             stream::Config {
@@ -235,6 +235,17 @@ impl ProvisionConfig {
                     names::DLQ_STREAM,
                     names::DLQ_SUBJECTS,
                     "Dead letters: dlq.<original subject>",
+                )
+            },
+            stream::Config {
+                retention: RetentionPolicy::Limits,
+                discard: DiscardPolicy::New,
+                max_messages_per_subject: 1,
+                ..base(
+                    names::OPEN_STREAM,
+                    names::OPEN_SUBJECTS,
+                    "Open sagas by partition: saga.open.<partition>.<saga_type>.<saga_id> \
+                     (purged when the saga ends)",
                 )
             },
         ]

@@ -47,6 +47,25 @@ impl Publisher for NatsPublisher {
             .await
             .map_err(|e| publish_error(&msg.subject, e))
     }
+
+    async fn publish_new(&self, msg: &OutgoingMessage) -> Result<PublishAck, PortError> {
+        check_subject(&msg.subject).map_err(|e| PortError::Rejected(e.to_string()))?;
+        let headers = header_map(&msg.headers, &msg.msg_id)?;
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(msg.payload.clone().into())
+            .headers(headers)
+            .expected_last_subject_sequence(0);
+        match send(&self.js, &msg.subject, publish).await {
+            Ok(ack) => Ok(ack),
+            // The subject holds a message already: this one was published before.
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(PublishAck {
+                stream: String::new(),
+                sequence: 0,
+                duplicate: true,
+            }),
+            Err(e) => Err(publish_error(&msg.subject, e)),
+        }
+    }
 }
 
 /// Sends and awaits the stream's ack.

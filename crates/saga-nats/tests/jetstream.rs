@@ -496,7 +496,7 @@ async fn consumer_fetches_acks_naks_with_delay_and_terminates() {
         assert_eq!(d.consumer, "saga-p1");
         assert_eq!(d.headers.get(header::SAGA_ID).unwrap(), "order-1");
         assert!(d.headers.contains_key(header::MSG_ID));
-        assert_eq!(d.input_id(), format!("SAGA_INBOX:{seq}"));
+        assert_eq!(d.position(), format!("SAGA_INBOX:{seq}"));
     }
     assert_eq!(batch[0].payload, b"one");
 

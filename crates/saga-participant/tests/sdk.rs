@@ -291,6 +291,9 @@ impl Publisher for OrderingPublisher {
         }
         self.inner.publish(msg).await
     }
+    async fn publish_new(&self, msg: &OutgoingMessage) -> Result<PublishAck, PortError> {
+        self.inner.publish_new(msg).await
+    }
 }
 
 #[tokio::test]
@@ -587,6 +590,9 @@ impl Publisher for GatedPublisher {
         let mut open = self.open.clone();
         let _ = open.wait_for(|o| *o).await;
         self.inner.publish(msg).await
+    }
+    async fn publish_new(&self, msg: &OutgoingMessage) -> Result<PublishAck, PortError> {
+        self.inner.publish_new(msg).await
     }
 }
 

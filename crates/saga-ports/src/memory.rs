@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use saga_core::Timestamp;
 use tokio::sync::mpsc;
 
 use crate::*;
@@ -49,6 +48,24 @@ impl MemoryPublisher {
 
 #[async_trait]
 impl Publisher for MemoryPublisher {
+    async fn publish_new(&self, msg: &OutgoingMessage) -> Result<PublishAck, PortError> {
+        let existing = self
+            .inner
+            .lock()
+            .unwrap()
+            .messages
+            .iter()
+            .any(|m| m.subject == msg.subject);
+        if existing {
+            return Ok(PublishAck {
+                stream: "MEMORY".into(),
+                sequence: 0,
+                duplicate: true,
+            });
+        }
+        self.publish(msg).await
+    }
+
     async fn publish(&self, msg: &OutgoingMessage) -> Result<PublishAck, PortError> {
         if self
             .fail_next
@@ -146,19 +163,6 @@ impl Journal for MemoryJournal {
         saga_id: &str,
     ) -> Result<Option<JournalRecord>, PortError> {
         Ok(self.read(saga_type, saga_id).await?.pop())
-    }
-
-    async fn sagas(&self) -> Result<Vec<(String, String)>, PortError> {
-        let inner = self.inner.lock().unwrap();
-        Ok(inner
-            .subjects
-            .keys()
-            .filter_map(|s| {
-                let rest = s.strip_prefix("saga.journal.")?;
-                let (t, id) = rest.split_once('.')?;
-                Some((t.to_string(), id.to_string()))
-            })
-            .collect())
     }
 
     async fn read(&self, saga_type: &str, saga_id: &str) -> Result<Vec<JournalRecord>, PortError> {
@@ -317,7 +321,6 @@ struct StoreInner {
     sagas: BTreeMap<String, StoredSaga>,
     outbox: BTreeMap<String, Vec<OutboxEntry>>,
     next_position: u64,
-    inbox: BTreeMap<String, Timestamp>,
 }
 
 impl MemoryStore {
@@ -342,9 +345,6 @@ impl SagaStore for MemoryStore {
             };
             added.push(e.clone());
             inner.outbox.entry(id.clone()).or_default().push(e);
-        }
-        if let Some(input) = &c.input_id {
-            inner.inbox.insert(input.clone(), c.at);
         }
         Ok(added)
     }
@@ -404,15 +404,66 @@ impl SagaStore for MemoryStore {
         inner.outbox.remove(saga_id);
         Ok(())
     }
+}
 
-    fn seen(&self, input_id: &str) -> Result<bool, StoreError> {
-        Ok(self.inner.lock().unwrap().inbox.contains_key(input_id))
+/// The open-saga index in memory.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryOpenSagas {
+    inner: Arc<Mutex<BTreeMap<u32, BTreeMap<String, String>>>>,
+    fail_next: Arc<AtomicUsize>,
+}
+
+impl MemoryOpenSagas {
+    /// The next `n` calls fail as unavailable.
+    pub fn fail_next(&self, n: usize) {
+        self.fail_next.store(n, Ordering::SeqCst);
     }
 
-    fn prune_inbox(&self, before: Timestamp) -> Result<usize, StoreError> {
-        let mut inner = self.inner.lock().unwrap();
-        let n = inner.inbox.len();
-        inner.inbox.retain(|_, at| *at >= before);
-        Ok(n - inner.inbox.len())
+    fn failing(&self) -> Result<(), PortError> {
+        match self
+            .fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        {
+            Ok(_) => Err(PortError::Unavailable("injected failure".into())),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl OpenSagas for MemoryOpenSagas {
+    async fn open(&self, partition: u32, saga_type: &str, saga_id: &str) -> Result<(), PortError> {
+        self.failing()?;
+        self.inner
+            .lock()
+            .unwrap()
+            .entry(partition)
+            .or_default()
+            .insert(saga_id.to_string(), saga_type.to_string());
+        Ok(())
+    }
+
+    async fn close(
+        &self,
+        partition: u32,
+        _saga_type: &str,
+        saga_id: &str,
+    ) -> Result<(), PortError> {
+        self.failing()?;
+        if let Some(p) = self.inner.lock().unwrap().get_mut(&partition) {
+            p.remove(saga_id);
+        }
+        Ok(())
+    }
+
+    async fn list(&self, partition: u32) -> Result<Vec<(String, String)>, PortError> {
+        self.failing()?;
+        Ok(self
+            .inner
+            .lock()
+            .unwrap()
+            .get(&partition)
+            .map(|p| p.iter().map(|(id, t)| (t.clone(), id.clone())).collect())
+            .unwrap_or_default())
     }
 }

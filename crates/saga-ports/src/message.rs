@@ -70,6 +70,25 @@ pub struct PublishAck {
 pub trait Publisher: Send + Sync + 'static {
     /// Publishes and awaits the stream's ack.
     async fn publish(&self, msg: &OutgoingMessage) -> Result<PublishAck, PortError>;
+
+    /// Publishes only if the subject holds no message yet
+    /// (`Nats-Expected-Last-Subject-Sequence: 0`): exactly once for the life of the
+    /// stream, not only inside the duplicate window. When the subject already holds one,
+    /// returns an ack with `duplicate` set and stores nothing.
+    async fn publish_new(&self, msg: &OutgoingMessage) -> Result<PublishAck, PortError>;
+}
+
+/// The per-partition index of open sagas: a saga is entered before its first journal
+/// record and removed after its last transition's messages are published, so takeover
+/// and startup cost follows what is open, not the history of the deployment.
+#[async_trait]
+pub trait OpenSagas: Send + Sync + 'static {
+    /// Enters a saga (idempotent).
+    async fn open(&self, partition: u32, saga_type: &str, saga_id: &str) -> Result<(), PortError>;
+    /// Removes a saga (idempotent).
+    async fn close(&self, partition: u32, saga_type: &str, saga_id: &str) -> Result<(), PortError>;
+    /// The open sagas of one partition, as `(saga_type, saga_id)`.
+    async fn list(&self, partition: u32) -> Result<Vec<(String, String)>, PortError>;
 }
 
 /// A journal record to append to `saga.journal.<saga_type>.<saga_id>`.
@@ -115,9 +134,6 @@ pub trait Journal: Send + Sync + 'static {
         saga_type: &str,
         saga_id: &str,
     ) -> Result<Option<JournalRecord>, PortError>;
-
-    /// Every saga that has a journal, as `(saga_type, saga_id)`.
-    async fn sagas(&self) -> Result<Vec<(String, String)>, PortError>;
 }
 
 /// A message received from a durable consumer.
@@ -142,8 +158,10 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// An id that identifies the message across redeliveries.
-    pub fn input_id(&self) -> String {
+    /// Where the message is stored (`stream:sequence`), for logs and dead letters: not
+    /// an input id (sequences restart when a stream is re-created; see
+    /// `saga_core::Input::id`).
+    pub fn position(&self) -> String {
         format!("{}:{}", self.stream, self.stream_sequence)
     }
 }

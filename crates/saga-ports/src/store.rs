@@ -1,8 +1,11 @@
-//! The worker's local store: saga state cache, outbox, inbox of processed inputs,
-//! armed timers. One [`Commit`] per transition is atomic.
+//! The worker's local store: a materialised copy of the journal (saga state, outbox,
+//! armed timers), used to start fast. One [`Commit`] per transition is atomic. It is
+//! never the only witness of anything: "already processed" lives in the journalled
+//! state ([`saga_core::SagaState::applied_inputs`]), and a copy that is behind or
+//! unreadable is rebuilt from the journal.
 
 use async_trait::async_trait;
-use saga_core::machine::{SagaState, TimerKey};
+use saga_core::machine::{Effect, SagaState, TimerKey};
 use saga_core::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -20,13 +23,41 @@ pub struct StoredSaga {
     pub timers: Vec<(TimerKey, Timestamp)>,
 }
 
-/// Something to publish once the transition is durable, in order.
+/// What a journal record restores on its own: the saga after the transition, its armed
+/// timers, and the messages the transition published (commands and domain events), so
+/// that a saga is rebuilt from its last record without replaying its history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The state after the transition.
+    pub state: SagaState,
+    /// Armed timers and their wall-clock deadlines.
+    pub timers: Vec<(TimerKey, Timestamp)>,
+    /// The `SendCommand` and `EmitEvent` effects of the transition.
+    pub effects: Vec<Effect>,
+}
+
+/// Something to publish once the transition is committed, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OutboxItem {
+    /// Enter the saga in the open-saga index (before its first journal record, so an
+    /// open saga is never missing from the index).
+    Open {
+        /// Its partition.
+        partition: u32,
+    },
     /// Append the transition to the journal (fenced).
     Journal(JournalAppend),
-    /// Publish a command or a domain event.
+    /// Publish a command (deduplicated by message id).
     Message(OutgoingMessage),
+    /// Publish a domain event once for the life of the stream: refused by the server
+    /// when its subject already holds a message.
+    Event(OutgoingMessage),
+    /// The saga ended and everything before this entry is published: remove it from
+    /// the open-saga index.
+    Close {
+        /// Its partition.
+        partition: u32,
+    },
 }
 
 /// An outbox item with its position.
@@ -45,18 +76,13 @@ pub struct Commit {
     pub saga: StoredSaga,
     /// Items to publish, appended to the saga's outbox in this order.
     pub outbox: Vec<OutboxItem>,
-    /// Id of the consumed input (see `Delivery::input_id`), so a redelivery is
-    /// recognised; `None` for timer inputs.
-    pub input_id: Option<String>,
-    /// When the input was processed (for the inbox window).
-    pub at: Timestamp,
 }
 
 /// The local store of a worker.
 #[async_trait]
 pub trait SagaStore: Send + Sync + 'static {
-    /// Writes state, outbox items and the inbox mark in one transaction. Not durable
-    /// until [`SagaStore::flush`] returns.
+    /// Writes state and outbox items in one transaction. Not durable until
+    /// [`SagaStore::flush`] returns (nothing depends on that: the journal is the truth).
     fn commit(&self, commit: &Commit) -> Result<Vec<OutboxEntry>, StoreError>;
 
     /// Makes every commit so far durable. Callers (many actors) share one flush.
@@ -80,13 +106,8 @@ pub trait SagaStore: Send + Sync + 'static {
         journal_sequence: Option<u64>,
     ) -> Result<(), StoreError>;
 
-    /// Drops the local copy of a saga (state and outbox): it is stale, another worker
-    /// moved it on; the journal is the truth and the saga is rebuilt from it.
+    /// Drops the local copy of a saga (state and outbox): it is stale (another worker
+    /// moved it on, or a transition was fenced), unreadable, or finished; the journal
+    /// is the truth and the saga is rebuilt from it when needed.
     fn forget(&self, saga_id: &str) -> Result<(), StoreError>;
-
-    /// Whether this input was already processed.
-    fn seen(&self, input_id: &str) -> Result<bool, StoreError>;
-
-    /// Forgets inbox marks older than `before`; returns how many.
-    fn prune_inbox(&self, before: Timestamp) -> Result<usize, StoreError>;
 }

@@ -36,7 +36,10 @@ pub fn timestamp(ms: Timestamp) -> prost_types::Timestamp {
 
 /// A Protobuf timestamp to milliseconds since the epoch (negative clamps to 0).
 pub fn millis(ts: &prost_types::Timestamp) -> Timestamp {
-    let ms = ts.seconds.saturating_mul(1000) + i64::from(ts.nanos / 1_000_000);
+    let ms = ts
+        .seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(ts.nanos / 1_000_000));
     ms.max(0) as Timestamp
 }
 

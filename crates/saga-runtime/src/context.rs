@@ -1,12 +1,13 @@
 //! What every actor of a worker shares.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use saga_core::definition::SagaDefinition;
-use saga_core::Clock;
-use saga_ports::{Journal, Publisher, SagaStore};
+use saga_core::{Clock, SagaId};
+use saga_ports::{Journal, OpenSagas, Publisher, SagaStore};
+use tokio::sync::Semaphore;
 
 /// Settings of a worker's runtime.
 #[derive(Debug, Clone)]
@@ -17,17 +18,28 @@ pub struct RuntimeConfig {
     pub worker_id: String,
     /// A terminal saga's actor stops after this long without input.
     pub idle_stop_after: Duration,
-    /// Restarts of one saga actor allowed within `restart_window`.
-    pub max_restarts: u32,
-    /// Window of the restart bound.
+    /// Longest wait before a failed saga actor is restarted (the backoff doubles from
+    /// 100 ms up to this; a saga is never given up).
+    pub max_restart_delay: Duration,
+    /// Failures within this window count towards a saga's restart backoff.
     pub restart_window: Duration,
+    /// How often the open sagas of held partitions are checked for a live actor (a
+    /// backstop: a saga whose actor is gone is resumed).
+    pub sweep_interval: Duration,
+    /// Inputs accepted from the consumers and not yet settled, per worker: when the
+    /// broker slows down, the dispatchers stop fetching instead of piling up work.
+    pub max_in_flight: usize,
+    /// Sagas restored from the journal at the same time, per worker.
+    pub max_concurrent_restores: usize,
     /// How long a relay keeps retrying an unavailable broker before the actor fails
     /// (and is restarted by its supervisor).
     pub relay_patience: Duration,
     /// Inputs fetched per batch from a partition consumer.
     pub batch_size: usize,
-    /// The consumers' delivery limit: an input delivered this many times without being
-    /// processed goes to the dead-letter stream instead of being tried again.
+    /// Attempts to apply one input that failed (its saga actor failed while handling
+    /// it) before it goes to the dead-letter stream. Deliveries that were never tried
+    /// (handed back during a partition move, waiting behind a slow actor) do not count,
+    /// and an input already applied is acked, never dead-lettered.
     pub max_deliver: u64,
 }
 
@@ -37,8 +49,11 @@ impl Default for RuntimeConfig {
             partitions: 16,
             worker_id: "worker".into(),
             idle_stop_after: Duration::from_secs(5),
-            max_restarts: 5,
-            restart_window: Duration::from_secs(60),
+            max_restart_delay: Duration::from_secs(30),
+            restart_window: Duration::from_secs(300),
+            sweep_interval: Duration::from_secs(30),
+            max_in_flight: 1024,
+            max_concurrent_restores: 32,
             relay_patience: Duration::from_secs(30),
             batch_size: 128,
             max_deliver: 10,
@@ -57,12 +72,58 @@ pub struct Context {
     pub publisher: Arc<dyn Publisher>,
     /// The local store.
     pub store: Arc<dyn SagaStore>,
+    /// The per-partition index of open sagas.
+    pub open: Arc<dyn OpenSagas>,
     /// Wall clock for timestamps and persisted deadlines.
     pub clock: Arc<dyn Clock>,
     /// Settings.
     pub config: RuntimeConfig,
     /// Called at each [`FaultPoint`]; lets fault tests kill the process exactly there.
     pub fault_hook: Option<Arc<dyn Fn(FaultPoint) + Send + Sync>>,
+    /// Bounds shared by every actor of the worker (see [`Limits::new`]).
+    pub limits: Arc<Limits>,
+}
+
+/// Back-pressure and failure bookkeeping shared by a worker's actors.
+#[derive(Debug)]
+pub struct Limits {
+    /// Permits for inputs in flight ([`RuntimeConfig::max_in_flight`]).
+    pub in_flight: Arc<Semaphore>,
+    /// Permits for journal restores ([`RuntimeConfig::max_concurrent_restores`]).
+    pub restores: Arc<Semaphore>,
+    /// Failed attempts per (saga, input id), forgotten once the input is applied.
+    failures: Mutex<HashMap<(SagaId, String), u64>>,
+}
+
+impl Limits {
+    /// Limits sized by the configuration.
+    pub fn new(config: &RuntimeConfig) -> Arc<Self> {
+        Arc::new(Self {
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+            restores: Arc::new(Semaphore::new(config.max_concurrent_restores.max(1))),
+            failures: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub(crate) fn failed(&self, saga_id: &SagaId, input_id: &str) {
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        *f.entry((saga_id.clone(), input_id.to_string()))
+            .or_default() += 1;
+    }
+
+    pub(crate) fn failures(&self, saga_id: &SagaId, input_id: &str) -> u64 {
+        let f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        f.get(&(saga_id.clone(), input_id.to_string()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub(crate) fn settled(&self, saga_id: &SagaId, input_id: &str) {
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if !f.is_empty() {
+            f.remove(&(saga_id.clone(), input_id.to_string()));
+        }
+    }
 }
 
 /// Places in the commit protocol where a crash is most interesting.

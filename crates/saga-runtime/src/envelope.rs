@@ -5,7 +5,7 @@ use saga_core::definition::SagaDefinition;
 use saga_core::ids::partition_of;
 use saga_core::machine::{Command, DomainEvent, Input, SagaEvent, SagaState};
 use saga_core::{SagaId, Timestamp};
-use saga_ports::{header, Delivery, Headers, JournalAppend, OutgoingMessage};
+use saga_ports::{header, Delivery, Headers, JournalAppend, OutgoingMessage, Snapshot};
 use saga_proto::{self as pb, Message};
 
 /// `saga.in.<partition>.<saga_id>`: where a saga's inputs go.
@@ -160,12 +160,14 @@ pub fn command_message(
     }
 }
 
-/// The journal record of one transition. The message id names the writer, so two
-/// owners can never pass for each other's retries.
+/// The journal record of one transition, with the input's stable id and the snapshot
+/// that restores the saga from this record alone. The message id names the writer, so
+/// two owners can never pass for each other's retries.
 pub fn journal_append(
     state: &SagaState,
     input: &Input,
     events: &[SagaEvent],
+    snapshot: &Snapshot,
     worker_id: &str,
     now: Timestamp,
 ) -> JournalAppend {
@@ -179,6 +181,8 @@ pub fn journal_append(
         state: pb::SagaState::from(state.status) as i32,
         current_step: state.current_step_name().unwrap_or_default().to_string(),
         compensation_reason: state.compensation_reason.clone().unwrap_or_default(),
+        input_id: input.id(),
+        snapshot: encode_snapshot(snapshot),
     };
     JournalAppend {
         saga_type: state.saga_type.clone(),
@@ -188,8 +192,9 @@ pub fn journal_append(
     }
 }
 
-/// A domain event announced as the saga ends: `events.<domain>.<Name>`, exactly once
-/// per saga (message id `event:<saga_id>:<Name>`), with the saga id as correlation id.
+/// A domain event announced as the saga ends: `events.<domain>.<Name>.<saga_id>`, one
+/// subject per saga so that it is published create-only (exactly once for the life of
+/// the stream), message id `event:<saga_id>:<Name>`, the saga id as correlation id.
 pub fn domain_event_message(
     state: &SagaState,
     ev: &DomainEvent,
@@ -230,9 +235,61 @@ pub fn domain_event_message(
         .encode_to_vec(),
     };
     OutgoingMessage {
-        subject: format!("events.{}.{}", ev.domain, ev.name),
+        subject: format!("events.{}.{}.{}", ev.domain, ev.name, state.saga_id),
         msg_id: format!("event:{}:{}", state.saga_id, ev.name),
         headers: Headers::from([(header::SAGA_ID.to_string(), correlation_id)]),
         payload,
     }
+}
+
+/// The snapshot's bytes in a journal record (JSON; byte fields as base64).
+pub fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
+    // Serialising plain data to a Vec cannot fail.
+    serde_json::to_vec(snapshot).unwrap_or_default()
+}
+
+/// One decoded journal record: the only decoder of `saga.v1.JournalEvent` on the worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedRecord {
+    /// Its stream sequence.
+    pub sequence: u64,
+    /// The saga's version after it.
+    pub version: u64,
+    /// The input it applied.
+    pub input: Input,
+    /// When it was written (the writer's clock).
+    pub recorded_at: Timestamp,
+    /// The saga after it, when the record carries a snapshot (records of earlier
+    /// releases do not: the saga is then rebuilt by replay).
+    pub snapshot: Option<Snapshot>,
+}
+
+/// Decodes a journal record; the error says what is wrong.
+pub fn decode_record(sequence: u64, payload: &[u8]) -> Result<DecodedRecord, String> {
+    let ev = pb::JournalEvent::decode(payload).map_err(|e| format!("undecodable: {e}"))?;
+    let input = ev
+        .input
+        .as_ref()
+        .ok_or_else(|| "record without input".to_string())
+        .and_then(|i| pb::input_from_journal(i).map_err(|e| e.to_string()))?;
+    let snapshot = if ev.snapshot.is_empty() {
+        None
+    } else {
+        let s: Snapshot =
+            serde_json::from_slice(&ev.snapshot).map_err(|e| format!("snapshot: {e}"))?;
+        if s.state.saga_id.as_str() != ev.saga_id || s.state.version != ev.version {
+            return Err(format!(
+                "snapshot of saga {} version {} in the record of saga {} version {}",
+                s.state.saga_id, s.state.version, ev.saga_id, ev.version
+            ));
+        }
+        Some(s)
+    };
+    Ok(DecodedRecord {
+        sequence,
+        version: ev.version,
+        input,
+        recorded_at: ev.recorded_at.as_ref().map(pb::millis).unwrap_or_default(),
+        snapshot,
+    })
 }

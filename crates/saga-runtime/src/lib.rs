@@ -2,12 +2,15 @@
 //!
 //! - [`supervisor::SagaSupervisor`] owns one [`saga_actor::SagaActor`] per live saga,
 //!   spawned on its first input or on recovery, stopped once terminal and idle, and
-//!   restarted from persisted state when it fails (with a bound on restart storms);
-//! - each saga actor applies inputs with the pure state machine, commits state, outbox
-//!   and inbox mark in one store transaction, flushes (shared), relays the outbox
-//!   (journal append fenced on the last sequence, then commands and events) and only
-//!   then acks the input; step timeouts and backoff are actor timers, persisted and
-//!   re-armed on load;
+//!   restarted from persisted state when it fails (capped backoff, never given up); a
+//!   sweep resumes any open saga of a held partition that has no actor;
+//! - each saga actor applies inputs with the pure state machine, commits state and
+//!   outbox to the local store (no flush waited for), relays the outbox (journal append
+//!   fenced on the last sequence and naming the input id, then commands and create-only
+//!   events) and only then acks the input. "Already processed" is read from the
+//!   journalled state; each record carries a snapshot, so a saga is restored from its
+//!   last record; step timeouts and backoff are actor timers, persisted and re-armed on
+//!   load;
 //! - [`dispatch`] pulls inputs from the partition consumers, dead-letters what cannot
 //!   be decoded, and routes the rest;
 //! - [`Worker`] ties it together and resumes every non-terminal saga on start.
@@ -18,11 +21,12 @@ mod context;
 mod dispatch;
 pub mod envelope;
 mod error;
+mod interpret;
 pub mod saga_actor;
 pub mod supervisor;
 mod worker;
 
-pub use context::{Context, FaultPoint, RuntimeConfig};
+pub use context::{Context, FaultPoint, Limits, RuntimeConfig};
 pub use dispatch::dispatch;
 pub use error::RuntimeError;
 pub use worker::Worker;

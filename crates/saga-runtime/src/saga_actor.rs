@@ -7,15 +7,16 @@ use std::time::Duration;
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use saga_core::definition::SagaDefinition;
-use saga_core::machine::{apply, Effect, Input, SagaState, TimerKey};
-use saga_core::{SagaId, Timestamp};
+use saga_core::machine::{apply, Input, SagaState, TimerKey};
+use saga_core::SagaId;
 use saga_ports::{
-    dead_letter_message, Commit, Delivery, OutboxItem, PortError, SagaStore, StoredSaga,
+    dead_letter_message, Commit, Delivery, OutboxItem, PortError, SagaStore, StoreError, StoredSaga,
 };
-use saga_proto::{self as pb, Message};
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, warn};
 
-use crate::envelope::{command_message, domain_event_message, journal_append};
+use crate::envelope::decode_record;
+use crate::interpret;
 use crate::{Context, FaultPoint, RuntimeError};
 
 /// Messages a saga actor handles.
@@ -27,6 +28,8 @@ pub enum SagaMsg {
         input: Input,
         /// The message it came in (acked after the commit rule holds).
         delivery: Option<Delivery>,
+        /// Its place among the worker's inputs in flight, given back when settled.
+        permit: Option<OwnedSemaphorePermit>,
     },
     /// A timer fired.
     Timer(TimerKey),
@@ -49,8 +52,10 @@ pub struct SagaArgs {
     pub saga_id: SagaId,
     /// Its type.
     pub saga_type: String,
-    /// Spawned to resume the saga (recovery, takeover) rather than for an input: its
-    /// state is rebuilt from the journal at once when the local store lacks it.
+    /// Spawned to resume the saga (recovery, takeover, restart) rather than for an
+    /// input: its state is restored from the journal at once when the local store
+    /// lacks it, and a terminal saga's last messages are published again (create-only
+    /// events, deduplicated commands) in case the previous owner stopped short.
     pub resume: bool,
 }
 
@@ -95,31 +100,36 @@ impl Actor for SagaActor {
         myself: ActorRef<SagaMsg>,
         st: &mut SagaActorState,
     ) -> Result<(), ActorProcessingErr> {
-        let local = st.ctx.store.load(st.saga_id.as_str())?;
+        let local = st.load_local();
         let local = match local {
             // The journal is the truth: a local copy behind it is stale (another worker
-            // moved the saga on while this one did not own it) and is rebuilt.
-            Some(s) => match st
-                .ctx
-                .journal
-                .last(&st.saga_type, st.saga_id.as_str())
-                .await?
-            {
-                Some(last) if last.sequence != s.journal_sequence => {
-                    info!(saga_id = %st.saga_id, local = s.journal_sequence, journal = last.sequence,
-                        "local copy is behind the journal: rebuilding");
-                    st.ctx.store.forget(st.saga_id.as_str())?;
-                    None
+            // moved the saga on, or this worker's store lost its last writes) and is
+            // restored from the journal instead.
+            Some(s) => {
+                let last = {
+                    let _permit = st.ctx.limits.restores.acquire().await;
+                    st.ctx
+                        .journal
+                        .last(&st.saga_type, st.saga_id.as_str())
+                        .await?
+                };
+                match last {
+                    Some(last) if last.sequence != s.journal_sequence => {
+                        info!(saga_id = %st.saga_id, local = s.journal_sequence, journal = last.sequence,
+                            "local copy is behind the journal: restoring");
+                        st.ctx.store.forget(st.saga_id.as_str())?;
+                        None
+                    }
+                    _ => Some(s),
                 }
-                _ => Some(s),
-            },
+            }
             None => None,
         };
         // A saga met for the first time through its input is loaded lazily: a start
-        // needs no journal read, anything else is rebuilt from the journal then.
+        // needs no journal read, anything else is restored from the journal then.
         st.stored = match local {
             Some(s) => Some(s),
-            None if st.resume => rebuild_from_journal(st).await?,
+            None if st.resume => st.restore(st.resume).await?,
             None => None,
         };
         st.arm_stored_timers(&myself);
@@ -137,15 +147,24 @@ impl Actor for SagaActor {
     ) -> Result<(), ActorProcessingErr> {
         st.activity += 1;
         match msg {
-            SagaMsg::Input { input, delivery } => {
+            SagaMsg::Input {
+                input,
+                delivery,
+                permit,
+            } => {
+                let input_id = input.id();
                 if let Err(e) = st.on_input(&myself, input, delivery.as_ref()).await {
+                    // One real attempt failed: it counts towards the input's limit.
                     // Hand the input back at once rather than after the ack wait; the
                     // actor fails and is restarted from what is durable.
+                    st.ctx.limits.failed(&st.saga_id, &input_id);
                     if let Some(d) = &delivery {
                         let _ = d.acker.nak(Some(Duration::from_millis(500))).await;
                     }
+                    drop(permit);
                     return Err(e);
                 }
+                drop(permit);
             }
             SagaMsg::Timer(key) => {
                 st.timers.remove(&key);
@@ -154,7 +173,7 @@ impl Actor for SagaActor {
                     .as_ref()
                     .is_some_and(|s| s.timers.iter().any(|(k, _)| *k == key));
                 if armed {
-                    st.transition(&myself, Input::TimerFired(key), None).await?;
+                    st.transition(&myself, Input::TimerFired(key)).await?;
                     st.relay(&myself).await?;
                 }
             }
@@ -162,6 +181,9 @@ impl Actor for SagaActor {
             SagaMsg::IdleCheck(seen) => {
                 if seen + 1 == st.activity && st.is_done()? {
                     debug!(saga_id = %st.saga_id, "terminal and idle: stopping");
+                    // Everything is journalled and published: the local copy is no
+                    // longer needed (a late input restores it from the journal).
+                    st.ctx.store.forget(st.saga_id.as_str())?;
                     myself.stop(Some("terminal".into()));
                 }
                 return Ok(());
@@ -208,7 +230,24 @@ fn arm(
 }
 
 impl SagaActorState {
-    /// Arms the actor timers of the persisted deadlines (after a load or a rebuild).
+    /// The local copy, if it is readable: a corrupt record is dropped (and the saga
+    /// restored from the journal), never used.
+    fn load_local(&self) -> Option<StoredSaga> {
+        match self.ctx.store.load(self.saga_id.as_str()) {
+            Ok(s) => s,
+            Err(e @ StoreError::Corrupted(_)) => {
+                warn!(saga_id = %self.saga_id, error = %e, "local copy unreadable: restoring from the journal");
+                let _ = self.ctx.store.forget(self.saga_id.as_str());
+                None
+            }
+            Err(e) => {
+                warn!(saga_id = %self.saga_id, error = %e, "local copy unavailable: restoring from the journal");
+                None
+            }
+        }
+    }
+
+    /// Arms the actor timers of the persisted deadlines (after a load or a restore).
     fn arm_stored_timers(&mut self, myself: &ActorRef<SagaMsg>) {
         let Some(stored) = &self.stored else {
             return;
@@ -236,26 +275,47 @@ impl SagaActorState {
         input: Input,
         delivery: Option<&Delivery>,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(d) = delivery {
-            if self.ctx.store.seen(&d.input_id())? {
-                debug!(saga_id = %self.saga_id, input = %d.input_id(), "redelivered input: already applied");
-                // The first delivery may have been applied but not relayed yet.
-                self.relay(myself).await?;
-                settle_ack(d).await;
-                return Ok(());
-            }
-        }
         if self.def.is_none() {
             return self
                 .reject(delivery, &format!("unknown saga type `{}`", self.saga_type))
                 .await;
         }
+        let input_id = input.id();
         if self.stored.is_none() && !matches!(input, Input::Start { .. }) {
-            self.stored = rebuild_from_journal(self).await?;
+            self.stored = self.restore(false).await?;
             self.arm_stored_timers(myself);
             if self.stored.is_some() {
                 self.relay(myself).await?;
             }
+        }
+        // "Already processed" means "in the journalled state": a transition that was
+        // fenced or lost in a crash left no mark, and its input is applied again.
+        if self
+            .stored
+            .as_ref()
+            .is_some_and(|s| s.state.applied_inputs.contains(&input_id))
+        {
+            debug!(saga_id = %self.saga_id, input = %input_id, "redelivered input: already applied");
+            // The first delivery may have been applied but not relayed yet.
+            self.relay(myself).await?;
+            self.ctx.limits.settled(&self.saga_id, &input_id);
+            if let Some(d) = delivery {
+                settle_ack(d).await;
+            }
+            return Ok(());
+        }
+        let failures = self.ctx.limits.failures(&self.saga_id, &input_id);
+        if failures >= self.ctx.config.max_deliver {
+            self.ctx.limits.settled(&self.saga_id, &input_id);
+            return self
+                .reject(
+                    delivery,
+                    &format!(
+                        "applying it failed {failures} times (max_deliver {})",
+                        self.ctx.config.max_deliver
+                    ),
+                )
+                .await;
         }
         if self.stored.is_none() {
             if !matches!(input, Input::Start { .. }) {
@@ -273,11 +333,11 @@ impl SagaActorState {
                 timers: Vec::new(),
             });
         }
-        let input_id = delivery.map(Delivery::input_id);
-        self.transition(myself, input, input_id).await?;
+        self.transition(myself, input).await?;
         self.ctx.fault(FaultPoint::AfterCommit);
         self.relay(myself).await?;
         self.ctx.fault(FaultPoint::AfterPublish);
+        self.ctx.limits.settled(&self.saga_id, &input_id);
         if let Some(d) = delivery {
             settle_ack(d).await;
         }
@@ -296,68 +356,44 @@ impl SagaActorState {
         Ok(())
     }
 
-    /// Applies the input and makes the transition durable (state, outbox, inbox mark,
-    /// timers) before anything depends on it.
+    /// Applies the input and commits the transition locally (state, outbox, timers).
+    /// Nothing waits for the local store to reach the disk: the relay makes the
+    /// transition durable in the journal before the input is acked, and a local copy
+    /// that lost it is restored from the journal.
     async fn transition(
         &mut self,
         myself: &ActorRef<SagaMsg>,
         input: Input,
-        input_id: Option<String>,
     ) -> Result<(), RuntimeError> {
         let (Some(def), Some(stored)) = (self.def.clone(), self.stored.as_ref()) else {
             return Ok(());
         };
         let now = self.ctx.clock.now();
         let t = apply(&def, &stored.state, &input, now);
-        let mut timers: BTreeMap<TimerKey, Timestamp> = stored.timers.iter().cloned().collect();
-        let mut outbox = vec![OutboxItem::Journal(journal_append(
-            &t.state,
-            &input,
-            &t.events,
-            &self.ctx.config.worker_id,
-            now,
-        ))];
-        for effect in &t.effects {
-            match effect {
-                Effect::SendCommand(cmd) => outbox.push(OutboxItem::Message(command_message(
-                    &def,
-                    &t.state,
-                    cmd,
-                    self.ctx.config.partitions,
-                    now,
-                ))),
-                Effect::EmitEvent(ev) => {
-                    outbox.push(OutboxItem::Message(domain_event_message(&t.state, ev, now)))
-                }
-                Effect::ArmTimer { key, at, .. } => {
-                    timers.insert(key.clone(), *at);
-                }
-                Effect::CancelTimer { key } => {
-                    timers.remove(key);
-                }
-                Effect::Finish { status } => {
-                    info!(saga_id = %self.saga_id, saga_type = %self.saga_type, %status, "saga finished")
-                }
-            }
+        let first = stored.state.version == 0;
+        let out = interpret::transition(&self.ctx, &def, &stored.timers, &input, &t, first, now);
+        if t.state.status.is_terminal() && !stored.state.status.is_terminal() {
+            info!(saga_id = %self.saga_id, saga_type = %self.saga_type, status = %t.state.status, "saga finished");
         }
         let commit = Commit {
             saga: StoredSaga {
                 state: t.state,
                 journal_sequence: stored.journal_sequence,
-                timers: timers.into_iter().collect(),
+                timers: out.timers.into_iter().collect(),
             },
-            outbox,
-            input_id,
-            at: now,
+            outbox: out.outbox,
         };
         self.ctx.store.commit(&commit)?;
-        self.ctx.store.flush().await?;
+        if let Input::TimerFired(key) = &input {
+            self.timers.remove(key);
+        }
+        let armed: Vec<TimerKey> = commit.saga.timers.iter().map(|(k, _)| k.clone()).collect();
         for effect in &t.effects {
             match effect {
-                Effect::ArmTimer { key, after, .. } => {
+                saga_core::Effect::ArmTimer { key, after, .. } => {
                     arm(myself, &mut self.timers, key.clone(), *after)
                 }
-                Effect::CancelTimer { key } => {
+                saga_core::Effect::CancelTimer { key } => {
                     if let Some(h) = self.timers.remove(key) {
                         h.abort();
                     }
@@ -365,16 +401,30 @@ impl SagaActorState {
                 _ => {}
             }
         }
+        self.timers.retain(|k, h| {
+            let keep = armed.contains(k);
+            if !keep {
+                h.abort();
+            }
+            keep
+        });
         self.stored = Some(commit.saga);
         Ok(())
     }
 
-    /// Publishes the outbox in order: the journal append (fenced), then commands and
-    /// events. Each entry is removed once the broker stored it.
+    /// Publishes the outbox in order: the open-saga index entry, the journal append
+    /// (fenced), commands and events, the index removal. Each entry is removed once
+    /// the broker stored it.
     async fn relay(&mut self, myself: &ActorRef<SagaMsg>) -> Result<(), RuntimeError> {
         let id = self.saga_id.to_string();
         for entry in self.ctx.store.outbox(&id)? {
             match &entry.item {
+                OutboxItem::Open { partition } => {
+                    let open = self.ctx.open.clone();
+                    let (p, t) = (*partition, self.saga_type.clone());
+                    patiently(&self.ctx, || open.open(p, &t, &id)).await?;
+                    self.ctx.store.outbox_done(&id, entry.position, None)?;
+                }
                 OutboxItem::Journal(append) => {
                     let expected = self.stored.as_ref().map_or(0, |s| s.journal_sequence);
                     let journal = self.ctx.journal.clone();
@@ -388,7 +438,12 @@ impl SagaActorState {
                             }
                         }
                         Err(e @ PortError::Fenced { .. }) => {
-                            warn!(saga_id = %id, error = %e, "another worker owns this saga: dropping the actor");
+                            // Someone else wrote this saga's journal: what this actor
+                            // holds is not the truth. Drop it entirely, so the restart
+                            // restores from the journal and the input is applied again.
+                            warn!(saga_id = %id, error = %e, "the journal moved on without this actor: dropping its copy");
+                            self.stored = None;
+                            self.ctx.store.forget(&id)?;
                             myself.stop(Some("fenced".into()));
                             return Err(e.into());
                         }
@@ -400,9 +455,109 @@ impl SagaActorState {
                     patiently(&self.ctx, || publisher.publish(msg)).await?;
                     self.ctx.store.outbox_done(&id, entry.position, None)?;
                 }
+                OutboxItem::Event(msg) => {
+                    let publisher = self.ctx.publisher.clone();
+                    patiently(&self.ctx, || publisher.publish_new(msg)).await?;
+                    self.ctx.store.outbox_done(&id, entry.position, None)?;
+                }
+                OutboxItem::Close { partition } => {
+                    let open = self.ctx.open.clone();
+                    let (p, t) = (*partition, self.saga_type.clone());
+                    patiently(&self.ctx, || open.close(p, &t, &id)).await?;
+                    self.ctx.store.outbox_done(&id, entry.position, None)?;
+                }
             }
         }
         Ok(())
+    }
+
+    /// Restores a saga that this worker's store does not hold from its last journal
+    /// record (one read; records carry the saga after them). When `republish`, the
+    /// last transition's messages are published again; otherwise only those of a
+    /// saga still running (a terminal saga met through a late input publishes
+    /// nothing: its messages were published before it left the open-saga index).
+    async fn restore(&self, republish: bool) -> Result<Option<StoredSaga>, RuntimeError> {
+        let Some(def) = self.def.clone() else {
+            return Ok(None);
+        };
+        let _permit = self.ctx.limits.restores.acquire().await;
+        let Some(last) = self
+            .ctx
+            .journal
+            .last(&self.saga_type, self.saga_id.as_str())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let bad = |why: String| RuntimeError::Journal {
+            saga_id: self.saga_id.to_string(),
+            why,
+        };
+        let record = decode_record(last.sequence, &last.payload).map_err(bad)?;
+        let snapshot = match record.snapshot {
+            Some(s) => s,
+            None => self.replay(&def).await?,
+        };
+        let now = self.ctx.clock.now();
+        let terminal = snapshot.state.status.is_terminal();
+        let outbox = if republish || !terminal {
+            interpret::published(&self.ctx, &def, &snapshot, now)
+        } else {
+            Vec::new()
+        };
+        debug!(saga_id = %self.saga_id, version = snapshot.state.version, republish = outbox.len(), "restored from the journal");
+        let commit = Commit {
+            saga: StoredSaga {
+                state: snapshot.state,
+                journal_sequence: last.sequence,
+                timers: snapshot.timers,
+            },
+            outbox,
+        };
+        self.ctx.store.commit(&commit)?;
+        Ok(Some(commit.saga))
+    }
+
+    /// Journals written before records carried snapshots: replay every record through
+    /// the state machine (deterministic for an unchanged definition).
+    async fn replay(&self, def: &SagaDefinition) -> Result<saga_ports::Snapshot, RuntimeError> {
+        let bad = |why: String| RuntimeError::Journal {
+            saga_id: self.saga_id.to_string(),
+            why,
+        };
+        let records = self
+            .ctx
+            .journal
+            .read(&self.saga_type, self.saga_id.as_str())
+            .await?;
+        let mut snapshot: Option<saga_ports::Snapshot> = None;
+        for r in &records {
+            let record = decode_record(r.sequence, &r.payload).map_err(bad)?;
+            let (state, timers) = match snapshot.take() {
+                Some(s) => (s.state, s.timers),
+                None => (
+                    SagaState::new(def, self.saga_id.clone(), record.recorded_at),
+                    Vec::new(),
+                ),
+            };
+            let t = apply(def, &state, &record.input, record.recorded_at);
+            let first = state.version == 0;
+            let out = interpret::transition(
+                &self.ctx,
+                def,
+                &timers,
+                &record.input,
+                &t,
+                first,
+                record.recorded_at,
+            );
+            snapshot = Some(saga_ports::Snapshot {
+                state: t.state,
+                timers: out.timers.into_iter().collect(),
+                effects: t.effects,
+            });
+        }
+        snapshot.ok_or_else(|| bad("the journal has no record".into()))
     }
 }
 
@@ -428,12 +583,14 @@ where
 
 async fn settle_ack(d: &Delivery) {
     if let Err(e) = d.acker.ack().await {
-        // The input is durable and recorded in the inbox: a redelivery is recognised.
-        warn!(input = %d.input_id(), error = %e, "ack failed");
+        // The input is journalled: a redelivery is recognised by its id.
+        warn!(input = %d.position(), error = %e, "ack failed");
     }
 }
 
-/// Moves a delivery to the dead-letter stream, then terminates it.
+/// Moves a delivery to the dead-letter stream, then terminates it. When the dead-letter
+/// publish fails the delivery is handed back and tried again (the partition consumers
+/// have no delivery limit, so it is never stranded).
 pub(crate) async fn dead_letter(ctx: &Context, d: &Delivery, why: &str) {
     match ctx.publisher.publish(&dead_letter_message(d, why)).await {
         Ok(_) => {
@@ -446,79 +603,6 @@ pub(crate) async fn dead_letter(ctx: &Context, d: &Delivery, why: &str) {
             let _ = d.acker.nak(Some(Duration::from_secs(1))).await;
         }
     }
-}
-
-/// Rebuilds a saga that this worker's store does not hold by replaying its journal
-/// through the state machine (transitions are deterministic). The last transition's
-/// commands and events are published again (deduplicated by message id).
-async fn rebuild_from_journal(st: &SagaActorState) -> Result<Option<StoredSaga>, RuntimeError> {
-    let Some(def) = st.def.clone() else {
-        return Ok(None);
-    };
-    let records = st
-        .ctx
-        .journal
-        .read(&st.saga_type, st.saga_id.as_str())
-        .await?;
-    if records.is_empty() {
-        return Ok(None);
-    }
-    let bad = |why: String| RuntimeError::Journal {
-        saga_id: st.saga_id.to_string(),
-        why,
-    };
-    let mut state: Option<SagaState> = None;
-    let mut timers: BTreeMap<TimerKey, Timestamp> = BTreeMap::new();
-    let mut last_messages = Vec::new();
-    let mut last_sequence = 0;
-    for r in &records {
-        let ev = pb::JournalEvent::decode(r.payload.as_slice()).map_err(|e| bad(e.to_string()))?;
-        let input = ev
-            .input
-            .as_ref()
-            .ok_or_else(|| bad("record without input".into()))
-            .and_then(|i| pb::input_from_journal(i).map_err(|e| bad(e.to_string())))?;
-        let at = ev.recorded_at.as_ref().map(pb::millis).unwrap_or_default();
-        let current = state.get_or_insert_with(|| SagaState::new(&def, st.saga_id.clone(), at));
-        let t = apply(&def, current, &input, at);
-        last_messages.clear();
-        for effect in &t.effects {
-            match effect {
-                Effect::SendCommand(cmd) => last_messages.push(command_message(
-                    &def,
-                    &t.state,
-                    cmd,
-                    st.ctx.config.partitions,
-                    at,
-                )),
-                Effect::EmitEvent(e) => last_messages.push(domain_event_message(&t.state, e, at)),
-                Effect::ArmTimer { key, at, .. } => {
-                    timers.insert(key.clone(), *at);
-                }
-                Effect::CancelTimer { key } => {
-                    timers.remove(key);
-                }
-                Effect::Finish { .. } => {}
-            }
-        }
-        state = Some(t.state);
-        last_sequence = r.sequence;
-    }
-    let state = state.expect("at least one record");
-    info!(saga_id = %st.saga_id, version = state.version, "rebuilt from the journal");
-    let commit = Commit {
-        saga: StoredSaga {
-            state,
-            journal_sequence: last_sequence,
-            timers: timers.into_iter().collect(),
-        },
-        outbox: last_messages.into_iter().map(OutboxItem::Message).collect(),
-        input_id: None,
-        at: st.ctx.clock.now(),
-    };
-    st.ctx.store.commit(&commit)?;
-    st.ctx.store.flush().await?;
-    Ok(Some(commit.saga))
 }
 
 /// For tests and tools: whether a store holds a saga in a terminal state.

@@ -1,4 +1,6 @@
-//! The saga supervisor: one child actor per live saga, restarts with a bound.
+//! The saga supervisor: one child actor per live saga, restarted with capped backoff
+//! when it fails (never given up), and a sweep that resumes any open saga of a held
+//! partition that has no actor.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -8,7 +10,7 @@ use saga_core::ids::partition_of;
 use saga_core::machine::Input;
 use saga_core::SagaId;
 use saga_ports::Delivery;
-use tracing::{error, warn};
+use tracing::{debug, warn};
 
 use crate::saga_actor::{SagaActor, SagaArgs, SagaMsg};
 use crate::Context;
@@ -28,6 +30,8 @@ pub enum SupervisorMsg {
         input: Input,
         /// The message it came in.
         delivery: Option<Delivery>,
+        /// Its place among the worker's inputs in flight.
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
     },
     /// Make sure the saga's actor runs (recovery: it re-arms timers, relays the outbox).
     Resume {
@@ -52,6 +56,16 @@ pub enum SupervisorMsg {
     },
     /// Restarts done so far (all sagas).
     Restarts(RpcReplyPort<u64>),
+    /// The open sagas of held partitions, as the index lists them: resume those without
+    /// an actor. Replies with how many were resumed.
+    Sweep {
+        /// `(saga_id, saga_type)`.
+        open: Vec<(SagaId, String)>,
+        /// How many were resumed.
+        reply: RpcReplyPort<usize>,
+    },
+    /// Partitions held now.
+    Held(RpcReplyPort<Vec<u32>>),
 }
 
 /// The supervisor actor.
@@ -67,6 +81,8 @@ pub struct SupervisorState {
     restarts: HashMap<SagaId, Vec<Instant>>,
     total_restarts: u64,
     held: HashSet<u32>,
+    /// Sagas whose restart is scheduled.
+    pending: HashSet<SagaId>,
 }
 
 impl Actor for SagaSupervisor {
@@ -86,6 +102,7 @@ impl Actor for SagaSupervisor {
             restarts: HashMap::new(),
             total_restarts: 0,
             held: HashSet::new(),
+            pending: HashSet::new(),
         })
     }
 
@@ -101,6 +118,7 @@ impl Actor for SagaSupervisor {
                 saga_type,
                 input,
                 delivery,
+                permit,
             } => {
                 if !st.holds(&saga_id) {
                     // Fetched just before the partition was given away: hand it back
@@ -110,7 +128,11 @@ impl Actor for SagaSupervisor {
                     }
                     return Ok(());
                 }
-                let mut msg = SagaMsg::Input { input, delivery };
+                let mut msg = SagaMsg::Input {
+                    input,
+                    delivery,
+                    permit,
+                };
                 // A child that is stopping refuses the message: start a fresh one.
                 for _ in 0..2 {
                     let child = st.child(&myself, &saga_id, &saga_type, false).await?;
@@ -126,6 +148,7 @@ impl Actor for SagaSupervisor {
                 warn!(%saga_id, "could not reach the saga actor; the input will be redelivered");
             }
             SupervisorMsg::Resume { saga_id, saga_type } => {
+                st.pending.remove(&saga_id);
                 if st.holds(&saga_id) {
                     st.child(&myself, &saga_id, &saga_type, true).await?;
                 }
@@ -142,6 +165,8 @@ impl Actor for SagaSupervisor {
                 reply,
             } => {
                 st.held.remove(&partition);
+                st.pending
+                    .retain(|id| partition_of(id, partitions) != partition);
                 let ids: Vec<SagaId> = st
                     .children
                     .keys()
@@ -159,6 +184,29 @@ impl Actor for SagaSupervisor {
             }
             SupervisorMsg::Restarts(reply) => {
                 let _ = reply.send(st.total_restarts);
+            }
+            SupervisorMsg::Sweep { open, reply } => {
+                let window = st.ctx.config.restart_window;
+                st.restarts.retain(|_, r| {
+                    r.retain(|t| t.elapsed() < window);
+                    !r.is_empty()
+                });
+                let mut resumed = 0;
+                for (saga_id, saga_type) in open {
+                    // A saga waiting for its restart backoff is left to it.
+                    if st.holds(&saga_id)
+                        && !st.children.contains_key(&saga_id)
+                        && !st.pending.contains(&saga_id)
+                    {
+                        debug!(%saga_id, "open saga without an actor: resuming it");
+                        st.child(&myself, &saga_id, &saga_type, true).await?;
+                        resumed += 1;
+                    }
+                }
+                let _ = reply.send(resumed);
+            }
+            SupervisorMsg::Held(reply) => {
+                let _ = reply.send(st.held.iter().copied().collect());
             }
         }
         Ok(())
@@ -192,15 +240,14 @@ impl Actor for SagaSupervisor {
                 let window = st.ctx.config.restart_window;
                 let recent = st.restarts.entry(id.clone()).or_default();
                 recent.retain(|t| t.elapsed() < window);
-                if recent.len() as u32 >= st.ctx.config.max_restarts {
-                    error!(saga_id = %id, error = %err, restarts = recent.len(),
-                        "saga actor keeps failing: not restarting it now; it resumes on its next input or worker restart");
-                    return Ok(());
-                }
                 recent.push(Instant::now());
                 st.total_restarts += 1;
-                let delay = Duration::from_millis(100 * (1 << recent.len().min(6)));
-                warn!(saga_id = %id, error = %err, ?delay, "saga actor failed: restarting from persisted state");
+                // Capped, never exhausted: a saga that keeps failing (the broker is
+                // down for minutes) is retried at the cap until it goes through.
+                let delay = Duration::from_millis(100u64 << recent.len().min(12))
+                    .min(st.ctx.config.max_restart_delay);
+                warn!(saga_id = %id, error = %err, ?delay, failures = recent.len(), "saga actor failed: restarting from persisted state");
+                st.pending.insert(id.clone());
                 myself.send_after(delay, move || SupervisorMsg::Resume {
                     saga_id: id,
                     saga_type,

@@ -1,13 +1,12 @@
 //! A worker: supervisor, partition dispatchers, recovery, takeover and graceful shutdown.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
 use saga_core::ids::partition_of;
 use saga_core::SagaId;
 use saga_ports::Consumer;
-use saga_proto::{self as pb, Message};
 use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -28,6 +27,7 @@ pub struct Worker {
     supervisor: ActorRef<SupervisorMsg>,
     supervisor_handle: JoinHandle<()>,
     partitions: Mutex<BTreeMap<u32, Dispatcher>>,
+    sweeper: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Worker {
@@ -36,12 +36,15 @@ impl Worker {
         let (supervisor, supervisor_handle) = Actor::spawn(None, SagaSupervisor, ctx.clone())
             .await
             .map_err(|e| RuntimeError::Actor(e.to_string()))?;
-        Ok(Self {
+        let worker = Self {
             ctx,
             supervisor,
             supervisor_handle,
             partitions: Mutex::new(BTreeMap::new()),
-        })
+            sweeper: std::sync::Mutex::new(None),
+        };
+        worker.spawn_sweeper();
+        Ok(worker)
     }
 
     /// Starts a worker that consumes the given partitions: resumes every unfinished
@@ -64,6 +67,47 @@ impl Worker {
             worker.dispatch(partition, consumer).await;
         }
         Ok(worker)
+    }
+
+    /// Starts the backstop sweep: every `sweep_interval`, the open sagas of each held
+    /// partition that have no actor are resumed (a saga is never left without one).
+    fn spawn_sweeper(&self) {
+        let supervisor = self.supervisor.clone();
+        let ctx = self.ctx.clone();
+        let handle = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ctx.config.sweep_interval).await;
+                let Ok(held) = ractor::call!(supervisor, SupervisorMsg::Held) else {
+                    return;
+                };
+                for p in held {
+                    let open = match ctx.open.list(p).await {
+                        Ok(open) => open,
+                        Err(e) => {
+                            warn!(partition = p, error = %e, "sweep: listing open sagas failed");
+                            continue;
+                        }
+                    };
+                    let open: Vec<(SagaId, String)> = open
+                        .into_iter()
+                        .filter(|(t, _)| ctx.definitions.contains_key(t))
+                        .filter_map(|(t, id)| SagaId::parse(&id).ok().map(|id| (id, t)))
+                        .collect();
+                    match ractor::call!(supervisor, |reply| SupervisorMsg::Sweep { open, reply }) {
+                        Ok(n) if n > 0 => info!(
+                            partition = p,
+                            resumed = n,
+                            "sweep resumed sagas without an actor"
+                        ),
+                        Ok(_) => {}
+                        Err(_) => return,
+                    }
+                }
+            }
+        });
+        if let Ok(mut s) = self.sweeper.lock() {
+            *s = Some(handle);
+        }
     }
 
     fn resume(&self, saga_id: SagaId, saga_type: String) -> Result<(), RuntimeError> {
@@ -92,54 +136,40 @@ impl Worker {
         }
     }
 
-    /// Takes over a partition: resumes its unfinished sagas — from the local store
-    /// where it holds a current copy, otherwise rebuilt from the journal — re-arms their
-    /// timers, then consumes its inputs. Returns how many sagas were resumed.
+    /// Takes over a partition: lists its open sagas (one request to the open-saga
+    /// index, whatever the history of the deployment), resumes each — from the local
+    /// store where it holds a current copy, otherwise restored from the journal, with
+    /// bounded concurrency — then consumes its inputs. Returns how many sagas were
+    /// resumed. On error nothing of the partition is left running.
     pub async fn acquire(
         &self,
         partition: u32,
         consumer: Box<dyn Consumer>,
     ) -> Result<usize, RuntimeError> {
-        let partitions = self.ctx.config.partitions;
+        let open = self.ctx.open.list(partition).await?;
         let _ = self.supervisor.cast(SupervisorMsg::Hold(partition));
-        let mut resumed = BTreeSet::new();
-        for s in self.ctx.store.active()? {
-            if partition_of(&s.state.saga_id, partitions) == partition {
-                resumed.insert(s.state.saga_id.clone());
-                self.resume(s.state.saga_id, s.state.saga_type)?;
-            }
-        }
-        for (saga_type, id) in self.ctx.journal.sagas().await? {
+        let mut resumed = 0;
+        for (saga_type, id) in open {
             let Ok(saga_id) = SagaId::parse(&id) else {
+                warn!(partition, saga_id = %id, "open-saga index names an invalid saga id: skipped");
                 continue;
             };
-            if partition_of(&saga_id, partitions) != partition
-                || resumed.contains(&saga_id)
-                || self.ctx.definition(&saga_type).is_none()
-            {
+            if partition_of(&saga_id, self.ctx.config.partitions) != partition {
                 continue;
             }
-            let Some(last) = self.ctx.journal.last(&saga_type, &id).await? else {
+            if self.ctx.definition(&saga_type).is_none() {
+                warn!(partition, %saga_id, %saga_type, "open saga of a type this worker does not run: left for a worker that does");
                 continue;
-            };
-            let finished = pb::JournalEvent::decode(last.payload.as_slice())
-                .map(|e| {
-                    matches!(
-                        e.state(),
-                        pb::SagaState::Completed
-                            | pb::SagaState::Compensated
-                            | pb::SagaState::Failed
-                    )
-                })
-                .unwrap_or(false);
-            if !finished {
-                resumed.insert(saga_id.clone());
-                self.resume(saga_id, saga_type)?;
             }
+            if let Err(e) = self.resume(saga_id, saga_type) {
+                self.release_many(&[partition], Duration::ZERO).await;
+                return Err(e);
+            }
+            resumed += 1;
         }
         self.dispatch(partition, consumer).await;
-        info!(partition, sagas = resumed.len(), "partition acquired");
-        Ok(resumed.len())
+        info!(partition, sagas = resumed, "partition acquired");
+        Ok(resumed)
     }
 
     /// Stops consuming a partition: its dispatcher stops fetching, and its saga actors
@@ -167,9 +197,13 @@ impl Worker {
         for (_, (stop, _)) in &running {
             let _ = stop.send(true);
         }
-        let mut actors = Vec::new();
-        for (partition, (_, handle)) in running {
+        for (_, (_, handle)) in running {
             let _ = handle.await;
+        }
+        // Every partition named, consumed or not: a takeover that failed half-way has
+        // held the partition and resumed actors without starting its dispatcher.
+        let mut actors = Vec::new();
+        for &partition in partitions {
             actors.extend(
                 ractor::call!(self.supervisor, |reply| SupervisorMsg::Release {
                     partition,
@@ -211,6 +245,9 @@ impl Worker {
     /// flight completes: committed, relayed, acked), then stops. Unacked inputs are
     /// redelivered to whoever consumes next; timers are re-armed from the store.
     pub async fn shutdown(self, grace: Duration) {
+        if let Some(h) = self.sweeper.lock().ok().and_then(|mut s| s.take()) {
+            h.abort();
+        }
         let running: Vec<_> = std::mem::take(&mut *self.partitions.lock().await)
             .into_values()
             .collect();

@@ -13,7 +13,7 @@ use saga_ports::memory::*;
 use saga_ports::*;
 use saga_proto::{self as pb, Message};
 use saga_runtime::envelope::{inbox_subject, start_message};
-use saga_runtime::{Context, RuntimeConfig, Worker};
+use saga_runtime::{Context, Limits, RuntimeConfig, Worker};
 
 fn checkout() -> Arc<saga_core::SagaDefinition> {
     Arc::new(
@@ -30,6 +30,7 @@ struct Rig {
     feed: MemoryFeed,
     publisher: MemoryPublisher,
     journal: MemoryJournal,
+    open: MemoryOpenSagas,
     store: Arc<dyn SagaStore>,
     ctx: Context,
 }
@@ -39,18 +40,22 @@ fn rig(store: Arc<dyn SagaStore>) -> (Rig, MemoryConsumer) {
     let (feed, consumer) = memory_consumer();
     let publisher = MemoryPublisher::default();
     let journal = MemoryJournal::default();
+    let open = MemoryOpenSagas::default();
+    let config = RuntimeConfig {
+        // One partition: the in-memory consumer feeds every saga.
+        partitions: 1,
+        idle_stop_after: Duration::from_millis(50),
+        ..RuntimeConfig::default()
+    };
     let ctx = Context {
         definitions: Arc::new(BTreeMap::from([(def.name.clone(), def)])),
         journal: Arc::new(journal.clone()),
         publisher: Arc::new(publisher.clone()),
         store: store.clone(),
+        open: Arc::new(open.clone()),
         clock: Arc::new(ManualClock::new(1_700_000_000_000)),
-        config: RuntimeConfig {
-            // One partition: the in-memory consumer feeds every saga.
-            partitions: 1,
-            idle_stop_after: Duration::from_millis(50),
-            ..RuntimeConfig::default()
-        },
+        limits: Limits::new(&config),
+        config,
         fault_hook: None,
     };
     (
@@ -58,6 +63,7 @@ fn rig(store: Arc<dyn SagaStore>) -> (Rig, MemoryConsumer) {
             feed,
             publisher,
             journal,
+            open,
             store,
             ctx,
         },
@@ -171,7 +177,9 @@ async fn a_saga_completes_with_a_gapless_journal_and_every_input_acked() {
     assert_eq!(rig.journal_versions("s-1"), [1, 2, 3, 4]);
     let events = rig.publisher.on("events.orders.");
     assert_eq!(events.len(), 1);
-    assert_eq!(events[0].subject, "events.orders.OrderConfirmed");
+    assert_eq!(events[0].subject, "events.orders.OrderConfirmed.s-1");
+    // It entered the open-saga index with its start and left it as it ended.
+    assert_eq!(rig.open.list(0).await.unwrap(), vec![]);
     let confirmed = pb::OrderConfirmed::decode(events[0].payload.as_slice()).unwrap();
     assert_eq!(
         (
@@ -276,12 +284,6 @@ impl SagaStore for FlakyStore {
     fn forget(&self, id: &str) -> Result<(), StoreError> {
         self.inner.forget(id)
     }
-    fn seen(&self, id: &str) -> Result<bool, StoreError> {
-        self.inner.seen(id)
-    }
-    fn prune_inbox(&self, before: u64) -> Result<usize, StoreError> {
-        self.inner.prune_inbox(before)
-    }
 }
 
 #[tokio::test]
@@ -348,8 +350,6 @@ async fn timers_are_rearmed_on_load_and_a_timeout_leads_to_a_retry() {
                 timers,
             },
             outbox: vec![],
-            input_id: None,
-            at: now,
         })
         .unwrap();
     let worker = Worker::start(rig.ctx.clone(), vec![(0, Box::new(consumer))])

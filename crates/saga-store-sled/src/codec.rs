@@ -1,6 +1,5 @@
 //! Keys, record encoding and error mapping.
 
-use saga_core::Timestamp;
 use saga_ports::StoreError;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -43,7 +42,7 @@ pub(crate) fn decode<T: DeserializeOwned>(
     }
 }
 
-/// A big-endian `u64` value (inbox times, meta counters).
+/// A big-endian `u64` value (meta counters).
 pub(crate) fn decode_u64(tree: &str, key: &[u8], bytes: &[u8]) -> Result<u64, StoreError> {
     <[u8; 8]>::try_from(bytes)
         .map(u64::from_be_bytes)
@@ -69,12 +68,6 @@ pub(crate) fn show_key(tree: &str, key: &[u8]) -> String {
     if tree == layout::OUTBOX {
         if let Some((saga_id, position)) = split_outbox_key(key) {
             return format!("{}@{position}", saga_id.escape_ascii());
-        }
-    }
-    if tree == layout::INBOX_BY_TIME && key.len() >= 8 {
-        let (at, id) = key.split_at(8);
-        if let Ok(at) = <[u8; 8]>::try_from(at) {
-            return format!("{}@{}", id.escape_ascii(), u64::from_be_bytes(at));
         }
     }
     key.escape_ascii().to_string()
@@ -131,14 +124,6 @@ pub(crate) fn split_outbox_key(key: &[u8]) -> Option<(&[u8], u64)> {
     Some((saga_id, u64::from_be_bytes(position.try_into().ok()?)))
 }
 
-/// The `inbox_by_time` key of one mark; time first so a range scan finds old marks.
-pub(crate) fn inbox_index_key(at: Timestamp, input_id: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(8 + input_id.len());
-    k.extend_from_slice(&at.to_be_bytes());
-    k.extend_from_slice(input_id);
-    k
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,7 +165,7 @@ mod tests {
                 "{e:?}"
             );
         }
-        assert!(decode_u64(layout::INBOX, b"i", b"short").is_err());
+        assert!(decode_u64(layout::META, b"i", b"short").is_err());
     }
 
     #[test]
@@ -193,9 +178,5 @@ mod tests {
         assert_eq!(split_outbox_key(&k2), Some((&b"order-1"[..], 256)));
         assert_eq!(show_key(layout::OUTBOX, &k2), "order-1@256");
         assert_eq!(show_key(layout::SAGAS, b"a\x00b"), "a\\x00b");
-        assert_eq!(
-            show_key(layout::INBOX_BY_TIME, &inbox_index_key(5, b"S:1")),
-            "S:1@5"
-        );
     }
 }

@@ -1,9 +1,10 @@
 //! The worker's local saga store on [sled]: implements `saga_ports::SagaStore` with the
-//! saga state cache, the outbox of effects not yet published, the inbox of processed
-//! input ids and the worker's identity, all in one sled database per worker.
+//! saga state (a materialised copy of the journal), the outbox of effects not yet
+//! published and the worker's identity, all in one sled database per worker.
 //!
 //! Every transition is one sled transaction over all trees; [`SledStore::flush`] makes
-//! it durable, and concurrent callers share one fsync (group commit). Corruption reported
+//! it durable, and concurrent callers share one fsync (group commit). Nothing depends on
+//! a flush for correctness: a copy that is behind the journal is rebuilt from it. Corruption reported
 //! by sled, and any record that does not decode, is returned as
 //! `StoreError::Corrupted` naming the tree and key, never used and never a panic.
 //!
@@ -22,8 +23,6 @@ pub use store::SledStore;
 /// |-----------------|--------------------------------------|--------------------------------|
 /// | `sagas`         | saga id                              | format byte + JSON `StoredSaga` |
 /// | `outbox`        | saga id, `0x00`, position (u64 BE)   | format byte + JSON `OutboxEntry` |
-/// | `inbox`         | input id                             | processed at (u64 BE)          |
-/// | `inbox_by_time` | processed at (u64 BE), input id      | empty                          |
 /// | `meta`          | `format`, `next_position`, `worker_id` | u64 BE, u64 BE, UTF-8        |
 ///
 /// Saga ids never contain `0x00`, so the outbox prefix of one saga never matches another.
@@ -32,10 +31,9 @@ pub mod layout {
     pub const SAGAS: &str = "sagas";
     /// Saga id + `0x00` + position -> `OutboxEntry`.
     pub const OUTBOX: &str = "outbox";
-    /// Input id -> when it was processed.
-    pub const INBOX: &str = "inbox";
-    /// When + input id -> nothing: the inbox ordered by time, for pruning.
-    pub const INBOX_BY_TIME: &str = "inbox_by_time";
+    /// Trees of earlier layouts, dropped at open (processed inputs now live in the
+    /// journalled saga state).
+    pub const RETIRED: [&str; 2] = ["inbox", "inbox_by_time"];
     /// Store-wide values.
     pub const META: &str = "meta";
 

@@ -8,24 +8,18 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use saga_core::Timestamp;
 use saga_ports::{Commit, OutboxEntry, SagaStore, StoreError, StoredSaga};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use sled::{Db, Tree};
 
 use crate::codec::{
-    at, corrupted, decode, decode_u64, encode, inbox_index_key, outbox_key, outbox_prefix,
-    sled_error, split_outbox_key,
+    at, corrupted, decode, decode_u64, encode, outbox_key, outbox_prefix, sled_error,
+    split_outbox_key,
 };
 use crate::flush::FlushGroup;
 use crate::layout::{
-    INBOX, INBOX_BY_TIME, META, META_FORMAT, META_NEXT_POSITION, META_WORKER_ID, OUTBOX, SAGAS,
-    STORE_FORMAT,
+    META, META_FORMAT, META_NEXT_POSITION, META_WORKER_ID, OUTBOX, RETIRED, SAGAS, STORE_FORMAT,
 };
-
-/// Inbox marks removed per transaction by [`SagaStore::prune_inbox`], so that pruning a
-/// long window never builds one huge transaction.
-const PRUNE_BATCH: usize = 512;
 
 /// A worker's saga store in one sled database. Cheap to clone (shared handle); share one
 /// per worker: sled locks its directory, so a second `open` of the same path fails.
@@ -38,8 +32,6 @@ struct Inner {
     db: Db,
     sagas: Tree,
     outbox: Tree,
-    inbox: Tree,
-    inbox_by_time: Tree,
     meta: Tree,
     worker_id: String,
     flush: FlushGroup,
@@ -87,13 +79,11 @@ impl SledStore {
             db.open_tree(name)
                 .map_err(|e| sled_error(&format!("opening tree `{name}`"), e))
         };
-        let (sagas, outbox, inbox, inbox_by_time, meta) = (
-            tree(SAGAS)?,
-            tree(OUTBOX)?,
-            tree(INBOX)?,
-            tree(INBOX_BY_TIME)?,
-            tree(META)?,
-        );
+        let (sagas, outbox, meta) = (tree(SAGAS)?, tree(OUTBOX)?, tree(META)?);
+        for retired in RETIRED {
+            db.drop_tree(retired)
+                .map_err(|e| sled_error(&format!("dropping tree `{retired}`"), e))?;
+        }
 
         let candidate = new_worker_id();
         let (worker_id, created) = tx_result(
@@ -141,8 +131,6 @@ impl SledStore {
                 db,
                 sagas,
                 outbox,
-                inbox,
-                inbox_by_time,
                 meta,
                 worker_id,
                 flush: FlushGroup::default(),
@@ -215,50 +203,38 @@ impl SagaStore for SledStore {
         let i = &self.inner;
         let saga_id = c.saga.state.saga_id.as_str();
         let saga_bytes = encode(SAGAS, saga_id.as_bytes(), &c.saga)?;
-        let at_bytes = c.at.to_be_bytes();
 
         let entries = tx_result(
             &format!("committing saga `{saga_id}`"),
-            (&i.sagas, &i.outbox, &i.inbox, &i.inbox_by_time, &i.meta).transaction(
-                |(sagas, outbox, inbox, by_time, meta)| {
-                    sagas.insert(saga_id.as_bytes(), saga_bytes.as_slice())?;
+            (&i.sagas, &i.outbox, &i.meta).transaction(|(sagas, outbox, meta)| {
+                sagas.insert(saga_id.as_bytes(), saga_bytes.as_slice())?;
 
-                    let mut entries = Vec::with_capacity(c.outbox.len());
-                    if !c.outbox.is_empty() {
-                        // sled 0.34 runs transactions one at a time (a global lock), so
-                        // this counter also orders positions by commit.
-                        let next = match meta.get(META_NEXT_POSITION)? {
-                            Some(v) => decode_u64(META, META_NEXT_POSITION.as_bytes(), &v)
-                                .map_err(abort)?,
-                            None => 1,
+                let mut entries = Vec::with_capacity(c.outbox.len());
+                if !c.outbox.is_empty() {
+                    // sled 0.34 runs transactions one at a time (a global lock), so
+                    // this counter also orders positions by commit.
+                    let next = match meta.get(META_NEXT_POSITION)? {
+                        Some(v) => {
+                            decode_u64(META, META_NEXT_POSITION.as_bytes(), &v).map_err(abort)?
+                        }
+                        None => 1,
+                    };
+                    for (position, item) in (next..).zip(&c.outbox) {
+                        let key = outbox_key(saga_id, position);
+                        let entry = OutboxEntry {
+                            position,
+                            item: item.clone(),
                         };
-                        for (position, item) in (next..).zip(&c.outbox) {
-                            let key = outbox_key(saga_id, position);
-                            let entry = OutboxEntry {
-                                position,
-                                item: item.clone(),
-                            };
-                            let value = encode(OUTBOX, &key, &entry).map_err(abort)?;
-                            outbox.insert(key, value)?;
-                            entries.push(entry);
-                        }
-                        let after = next + c.outbox.len() as u64;
-                        meta.insert(META_NEXT_POSITION, &after.to_be_bytes())?;
+                        let value = encode(OUTBOX, &key, &entry).map_err(abort)?;
+                        outbox.insert(key, value)?;
+                        entries.push(entry);
                     }
+                    let after = next + c.outbox.len() as u64;
+                    meta.insert(META_NEXT_POSITION, &after.to_be_bytes())?;
+                }
 
-                    if let Some(input_id) = &c.input_id {
-                        let id = input_id.as_bytes();
-                        if let Some(old) = inbox.insert(id, &at_bytes)? {
-                            // Marked again: move its index entry, or pruning by the old
-                            // time would forget the newer mark.
-                            let old = decode_u64(INBOX, id, &old).map_err(abort)?;
-                            by_time.remove(inbox_index_key(old, id))?;
-                        }
-                        by_time.insert(inbox_index_key(c.at, id), &[])?;
-                    }
-                    Ok(entries)
-                },
-            ),
+                Ok(entries)
+            }),
         )?;
         i.flush.wrote();
         Ok(entries)
@@ -367,58 +343,5 @@ impl SagaStore for SledStore {
         )?;
         i.flush.wrote();
         Ok(())
-    }
-
-    fn seen(&self, input_id: &str) -> Result<bool, StoreError> {
-        let key = input_id.as_bytes();
-        self.inner
-            .inbox
-            .contains_key(key)
-            .map_err(|e| sled_error(&at(INBOX, key), e))
-    }
-
-    fn prune_inbox(&self, before: Timestamp) -> Result<usize, StoreError> {
-        let i = &self.inner;
-        let mut pruned = 0;
-        loop {
-            let batch = i
-                .inbox_by_time
-                .range(..before.to_be_bytes())
-                .take(PRUNE_BATCH)
-                .map(|kv| {
-                    kv.map(|(k, _)| k)
-                        .map_err(|e| sled_error(&format!("scanning tree `{INBOX_BY_TIME}`"), e))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            if batch.is_empty() {
-                break;
-            }
-            let mut marks = Vec::with_capacity(batch.len());
-            for k in &batch {
-                if k.len() < 8 {
-                    return Err(corrupted(INBOX_BY_TIME, k, "key shorter than a timestamp"));
-                }
-                let (when, id) = k.split_at(8);
-                marks.push((k, when, id));
-            }
-            pruned += tx_result(
-                "pruning the inbox",
-                (&i.inbox, &i.inbox_by_time).transaction(|(inbox, by_time)| {
-                    let mut removed = 0;
-                    for (k, when, id) in &marks {
-                        by_time.remove(k.as_ref())?;
-                        // Only the mark this index entry is for: a newer mark of the same
-                        // input has its own, later index entry.
-                        if inbox.get(id)?.is_some_and(|v| v.as_ref() == *when) {
-                            inbox.remove(*id)?;
-                            removed += 1;
-                        }
-                    }
-                    Ok(removed)
-                }),
-            )?;
-            i.flush.wrote();
-        }
-        Ok(pruned)
     }
 }

@@ -28,6 +28,7 @@ fn saga(id: &str, status: SagaStatus, version: u64) -> StoredSaga {
             compensation_reason: None,
             failure_reason: None,
             version,
+            applied_inputs: (1..=version).map(|v| format!("in:{v}")).collect(),
         },
         journal_sequence: 0,
         timers: vec![(TimerKey::deadline(), 90_000)],
@@ -52,13 +53,8 @@ fn journal(saga_id: &str, version: u64) -> OutboxItem {
     })
 }
 
-fn commit(saga: StoredSaga, outbox: Vec<OutboxItem>, input: Option<&str>, at: u64) -> Commit {
-    Commit {
-        saga,
-        outbox,
-        input_id: input.map(str::to_string),
-        at,
-    }
+fn commit(saga: StoredSaga, outbox: Vec<OutboxItem>) -> Commit {
+    Commit { saga, outbox }
 }
 
 fn positions(entries: &[OutboxEntry]) -> Vec<u64> {
@@ -84,12 +80,10 @@ async fn a_flushed_commit_is_all_there_after_reopen() {
             .commit(&commit(
                 a.clone(),
                 vec![journal("order-1", 1), message("cmd.pay")],
-                Some("SAGA_INPUT:1"),
-                5_000,
             ))
             .unwrap();
         let b_entries = store
-            .commit(&commit(b.clone(), vec![journal("order-2", 1)], None, 5_001))
+            .commit(&commit(b.clone(), vec![journal("order-2", 1)]))
             .unwrap();
         store.flush().await.unwrap();
         (store.worker_id().to_string(), a_entries, b_entries)
@@ -105,18 +99,16 @@ async fn a_flushed_commit_is_all_there_after_reopen() {
     assert_eq!(store.load("order-3").unwrap(), None);
     assert_eq!(store.outbox("order-1").unwrap(), a_entries);
     assert_eq!(store.outbox("order-2").unwrap(), b_entries);
-    assert!(store.seen("SAGA_INPUT:1").unwrap());
-    assert!(!store.seen("SAGA_INPUT:2").unwrap());
+    assert!(store
+        .load("order-1")
+        .unwrap()
+        .unwrap()
+        .state
+        .applied_inputs
+        .contains("in:1"));
 
     // Positions keep increasing after a restart.
-    let more = store
-        .commit(&commit(
-            a,
-            vec![message("cmd.ship")],
-            Some("SAGA_INPUT:2"),
-            6_000,
-        ))
-        .unwrap();
+    let more = store.commit(&commit(a, vec![message("cmd.ship")])).unwrap();
     assert_eq!(positions(&more), [4]);
 }
 
@@ -130,16 +122,12 @@ async fn outbox_is_ordered_and_done_entries_leave_it() {
         .commit(&commit(
             s.clone(),
             vec![journal("order", 1), message("cmd.a")],
-            None,
-            1,
         ))
         .unwrap();
     store
         .commit(&commit(
             saga("order-2", SagaStatus::Running, 1),
             vec![message("x")],
-            None,
-            1,
         ))
         .unwrap();
     s.state.version = 2;
@@ -147,8 +135,6 @@ async fn outbox_is_ordered_and_done_entries_leave_it() {
         .commit(&commit(
             s.clone(),
             vec![journal("order", 2), message("cmd.b")],
-            None,
-            2,
         ))
         .unwrap();
 
@@ -178,58 +164,10 @@ async fn outbox_is_ordered_and_done_entries_leave_it() {
 }
 
 #[tokio::test]
-async fn inbox_remembers_inputs_for_the_window() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
-    let s = saga("order-1", SagaStatus::Running, 1);
-    for (input, at) in [("S:1", 100), ("S:2", 200), ("S:3", 300), ("S:4", 100)] {
-        store
-            .commit(&commit(s.clone(), vec![], Some(input), at))
-            .unwrap();
-    }
-    // Marked again later: the newer time counts.
-    store
-        .commit(&commit(s.clone(), vec![], Some("S:4"), 500))
-        .unwrap();
-
-    assert_eq!(store.prune_inbox(100).unwrap(), 0);
-    assert_eq!(store.prune_inbox(200).unwrap(), 1);
-    assert!(!store.seen("S:1").unwrap());
-    assert!(store.seen("S:2").unwrap());
-    assert!(store.seen("S:4").unwrap());
-
-    assert_eq!(store.prune_inbox(301).unwrap(), 2);
-    assert!(!store.seen("S:2").unwrap());
-    assert!(!store.seen("S:3").unwrap());
-    assert!(
-        store.seen("S:4").unwrap(),
-        "its newer mark is inside the window"
-    );
-    assert_eq!(store.prune_inbox(501).unwrap(), 1);
-    assert!(!store.seen("S:4").unwrap());
-
-    // More marks than one prune transaction holds.
-    for n in 0..1_200u64 {
-        store
-            .commit(&commit(
-                s.clone(),
-                vec![],
-                Some(&format!("B:{n}")),
-                1_000 + n,
-            ))
-            .unwrap();
-    }
-    assert_eq!(store.prune_inbox(2_100).unwrap(), 1_100);
-    assert!(!store.seen("B:1099").unwrap());
-    assert!(store.seen("B:1100").unwrap());
-    assert_eq!(store.prune_inbox(u64::MAX).unwrap(), 100);
-}
-
-#[tokio::test]
 async fn active_is_what_a_restart_must_resume() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
-    let c = |id, status, outbox| commit(saga(id, status, 1), outbox, None, 1);
+    let c = |id, status, outbox| commit(saga(id, status, 1), outbox);
     store
         .commit(&c("running", SagaStatus::Running, vec![]))
         .unwrap();
@@ -290,8 +228,6 @@ async fn concurrent_flushes_share_one_sled_flush() {
                     .commit(&commit(
                         saga(&id, SagaStatus::Running, 1),
                         vec![message("c")],
-                        None,
-                        1,
                     ))
                     .unwrap();
                 barrier.wait().await;
@@ -317,7 +253,7 @@ async fn concurrent_flushes_share_one_sled_flush() {
             tokio::spawn(async move {
                 for v in 0..25 {
                     let id = format!("loop-{n}");
-                    let c = commit(saga(&id, SagaStatus::Running, v), vec![], None, v);
+                    let c = commit(saga(&id, SagaStatus::Running, v), vec![]);
                     store.commit(&c).unwrap();
                     store.flush().await.unwrap();
                 }
@@ -349,8 +285,6 @@ async fn concurrent_commits_keep_every_saga_whole() {
                         let c = commit(
                             saga(&id, SagaStatus::Running, v),
                             vec![journal(&id, v), message("cmd")],
-                            Some(&format!("in:{n}:{v}")),
-                            v,
                         );
                         returned.extend(store.commit(&c).unwrap());
                         if v % 10 == 0 {
@@ -379,7 +313,6 @@ async fn concurrent_commits_keep_every_saga_whole() {
         let outbox = store.outbox(&id).unwrap();
         assert_eq!(outbox.len(), 100);
         assert!(outbox.windows(2).all(|w| w[0].position < w[1].position));
-        assert!((1..=50).all(|v| store.seen(&format!("in:{n}:{v}")).unwrap()));
     }
     assert_eq!(store.active().unwrap().len(), 8);
 }
@@ -409,7 +342,7 @@ async fn undecodable_records_are_reported_as_corruption_never_used() {
     {
         let store = SledStore::open(dir.path()).unwrap();
         store
-            .commit(&commit(good.clone(), vec![message("m")], None, 1))
+            .commit(&commit(good.clone(), vec![message("m")]))
             .unwrap();
         store.flush().await.unwrap();
     }

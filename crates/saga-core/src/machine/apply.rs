@@ -37,6 +37,7 @@ impl SagaState {
             compensation_reason: None,
             failure_reason: None,
             version: 0,
+            applied_inputs: Default::default(),
         }
     }
 
@@ -58,6 +59,7 @@ pub fn apply(def: &SagaDefinition, state: &SagaState, input: &Input, now: Timest
     };
     m.s.version += 1;
     m.s.updated_at = now;
+    m.s.applied_inputs.insert(input.id());
     m.input(input);
     Transition {
         state: m.s,

@@ -1,5 +1,6 @@
 //! Inputs, effects, events and state of the saga state machine.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
@@ -188,6 +189,52 @@ pub enum Input {
     },
     /// The saga ran past its deadline.
     DeadlineExceeded,
+}
+
+impl Input {
+    /// The input's stable id, derived from what it is (never from where it was stored):
+    /// the same on every redelivery and after the inbox stream is re-created.
+    ///
+    /// | input | id |
+    /// | --- | --- |
+    /// | start | `start` |
+    /// | cancel | `cancel` |
+    /// | deadline exceeded | `deadline` |
+    /// | step reply | `do:<step>:<attempt>:<ok\|business\|technical>` |
+    /// | compensation reply | `undo:<step>:<attempt>:<ok\|business\|technical>` |
+    /// | timer | `timer:<kind>:<step>:<attempt>` |
+    pub fn id(&self) -> String {
+        let outcome = |o: &Outcome| match o {
+            Outcome::Ok { .. } => "ok",
+            Outcome::BusinessFailure { .. } => "business",
+            Outcome::TechnicalFailure { .. } => "technical",
+        };
+        match self {
+            Self::Start { .. } => "start".into(),
+            Self::Cancel { .. } => "cancel".into(),
+            Self::DeadlineExceeded => "deadline".into(),
+            Self::StepReply {
+                step,
+                attempt,
+                outcome: o,
+            } => format!("do:{step}:{attempt}:{}", outcome(o)),
+            Self::CompensationReply {
+                step,
+                attempt,
+                outcome: o,
+            } => format!("undo:{step}:{attempt}:{}", outcome(o)),
+            Self::TimerFired(key) => {
+                let kind = match key.kind {
+                    TimerKind::StepTimeout => "step-timeout",
+                    TimerKind::RetryBackoff => "retry-backoff",
+                    TimerKind::CompensationTimeout => "compensation-timeout",
+                    TimerKind::CompensationBackoff => "compensation-backoff",
+                    TimerKind::Deadline => "deadline",
+                };
+                format!("timer:{kind}:{}:{}", key.step, key.attempt)
+            }
+        }
+    }
 }
 
 /// A command for a participant.
@@ -394,6 +441,7 @@ pub struct StepState {
     /// Last error.
     pub error: Option<String>,
     /// Result of the successful attempt.
+    #[serde(default, with = "crate::bytes::opt_b64")]
     pub result: Option<Vec<u8>>,
 }
 
@@ -411,6 +459,7 @@ pub struct SagaState {
     /// One per definition step, in order.
     pub steps: Vec<StepState>,
     /// The saga's input.
+    #[serde(default, with = "crate::bytes::b64")]
     pub payload: Vec<u8>,
     /// Created at.
     pub created_at: Timestamp,
@@ -424,6 +473,11 @@ pub struct SagaState {
     pub failure_reason: Option<String>,
     /// Transitions applied so far.
     pub version: u64,
+    /// Ids of every input applied so far ([`Input::id`]). Restored with the state from
+    /// the journal, so "already processed" means "journalled": a transition that never
+    /// reached the journal leaves no mark.
+    #[serde(default)]
+    pub applied_inputs: BTreeSet<String>,
 }
 
 /// The result of applying one input.
