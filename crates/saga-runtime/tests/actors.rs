@@ -12,7 +12,9 @@ use saga_core::{apply, ManualClock, SagaId};
 use saga_ports::memory::*;
 use saga_ports::*;
 use saga_proto::{self as pb, Message};
-use saga_runtime::envelope::{inbox_subject, start_message};
+use saga_runtime::envelope::{
+    cancel_message, decode_record, inbox_subject, journal_append, start_message,
+};
 use saga_runtime::{Context, Limits, RuntimeConfig, Worker};
 
 fn checkout() -> Arc<saga_core::SagaDefinition> {
@@ -130,9 +132,10 @@ impl Rig {
         let mut answered = HashSet::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(s) = self.store.load(id).unwrap() {
-                if s.state.status.is_terminal() && self.store.outbox(id).unwrap().is_empty() {
-                    return s.state.status;
+            // The journal tells (the local copy is dropped once a terminal saga idles).
+            if let Some(status) = self.journalled_status(id).await {
+                if status.is_terminal() && self.store.outbox(id).unwrap().is_empty() {
+                    return status;
                 }
             }
             assert!(
@@ -142,6 +145,25 @@ impl Rig {
             self.answer_commands(&mut answered, answer);
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    async fn journalled_status(&self, id: &str) -> Option<SagaStatus> {
+        let last = self.journal.last("OrderCheckout", id).await.unwrap()?;
+        let r = decode_record(last.sequence, &last.payload).unwrap();
+        Some(r.snapshot.expect("records carry snapshots").state.status)
+    }
+
+    fn journal_inputs(&self, id: &str) -> Vec<String> {
+        let subject = format!("saga.journal.OrderCheckout.{id}");
+        self.journal
+            .subjects()
+            .get(&subject)
+            .map(|v| {
+                v.iter()
+                    .map(|p| pb::JournalEvent::decode(p.as_slice()).unwrap().input_id)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn journal_versions(&self, id: &str) -> Vec<u64> {
@@ -375,9 +397,264 @@ async fn timers_are_rearmed_on_load_and_a_timeout_leads_to_a_retry() {
     }
     let s = store.load("s-6").unwrap().unwrap();
     assert_eq!(s.state.steps[0].attempts, 2);
+    // Fired timers left the persisted set: a reload does not fire them again.
+    assert!(
+        !s.timers
+            .iter()
+            .any(|(k, _)| k.attempt == 1 && k.step == "ReserveStock"),
+        "{:?}",
+        s.timers
+    );
+    assert!(s
+        .state
+        .applied_inputs
+        .contains("timer:step-timeout:ReserveStock:1"));
     assert_eq!(
         inbox_subject(&id, 4),
         format!("saga.in.{}.s-6", saga_core::ids::partition_of(&id, 4))
     );
+    worker.shutdown(Duration::from_secs(1)).await;
+}
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// F1: a transition refused by the journal fence (someone else appended) leaves no
+/// mark: the redelivered input is applied, not acked as "seen".
+#[tokio::test]
+async fn a_fenced_transition_leaves_no_mark_and_the_redelivered_cancel_is_applied() {
+    let def = checkout();
+    let (rig, consumer) = rig(Arc::new(MemoryStore::default()));
+    let worker = Worker::start(rig.ctx.clone(), vec![(0, Box::new(consumer))])
+        .await
+        .unwrap();
+    rig.start("f-1");
+    wait_for("the first command", || {
+        !rig.publisher.on("saga.cmd.").is_empty()
+    })
+    .await;
+    // Another writer appends a valid record (a stale timer, ignored) behind our back.
+    let last = rig
+        .journal
+        .last("OrderCheckout", "f-1")
+        .await
+        .unwrap()
+        .unwrap();
+    let snap = decode_record(last.sequence, &last.payload)
+        .unwrap()
+        .snapshot
+        .unwrap();
+    let stale = Input::TimerFired(saga_core::machine::TimerKey {
+        kind: saga_core::machine::TimerKind::StepTimeout,
+        step: "ReserveStock".into(),
+        attempt: 99,
+    });
+    let t = apply(&def, &snap.state, &stale, 1);
+    let foreign = Snapshot {
+        state: t.state.clone(),
+        timers: snap.timers.clone(),
+        effects: vec![],
+    };
+    let append = journal_append(&t.state, &stale, &t.events, &foreign, "intruder", 1);
+    rig.journal.append(&append, last.sequence).await.unwrap();
+
+    let id = SagaId::parse("f-1").unwrap();
+    let cancel = cancel_message("OrderCheckout", &id, "changed my mind", 1);
+    let seq = rig.feed.deliver(
+        &cancel.subject,
+        cancel.headers.clone(),
+        cancel.payload.clone(),
+    );
+    wait_for("the fenced cancel handed back", || {
+        rig.feed
+            .settled()
+            .iter()
+            .any(|(s, st)| *s == seq && matches!(st, Settled::Nak(_)))
+    })
+    .await;
+    rig.feed
+        .redeliver(seq, &cancel.subject, cancel.headers, cancel.payload, 2);
+    assert_eq!(
+        rig.run_until_terminal("f-1", &ok).await,
+        SagaStatus::Compensated
+    );
+    let inputs = rig.journal_inputs("f-1");
+    assert!(inputs.contains(&"cancel".to_string()), "{inputs:?}");
+    assert!(rig.publisher.on("events.orders.OrderConfirmed").is_empty());
+    assert_eq!(rig.publisher.on("events.orders.OrderCancelled").len(), 1);
+    assert!(rig.feed.settled().contains(&(seq, Settled::Ack)));
+    worker.shutdown(Duration::from_secs(1)).await;
+}
+
+/// F4: a terminal saga restored on a worker that never had it (a late reply after a
+/// partition move, or an emptied store) publishes nothing again.
+#[tokio::test]
+async fn a_terminal_saga_met_through_a_late_input_republishes_nothing() {
+    let (rig, consumer) = rig(Arc::new(MemoryStore::default()));
+    let worker = Worker::start(rig.ctx.clone(), vec![(0, Box::new(consumer))])
+        .await
+        .unwrap();
+    rig.start("t-1");
+    assert_eq!(
+        rig.run_until_terminal("t-1", &ok).await,
+        SagaStatus::Completed
+    );
+    worker.shutdown(Duration::from_secs(1)).await;
+    let published = rig.publisher.messages().len();
+
+    // Another worker, empty store, same journal, broker and index.
+    let (feed, consumer) = memory_consumer();
+    let ctx = Context {
+        store: Arc::new(MemoryStore::default()),
+        ..rig.ctx.clone()
+    };
+    let worker = Worker::start(ctx, vec![(0, Box::new(consumer))])
+        .await
+        .unwrap();
+    let last_cmd = rig.publisher.on("saga.cmd.").pop().unwrap();
+    let cmd = pb::StepCommand::decode(last_cmd.payload.as_slice()).unwrap();
+    let reply = pb::SagaInput {
+        saga_id: cmd.saga_id.clone(),
+        saga_type: cmd.saga_type.clone(),
+        kind: Some(pb::saga_input::Kind::Reply(pb::StepReply {
+            saga_id: cmd.saga_id.clone(),
+            step: cmd.step.clone(),
+            attempt: cmd.attempt,
+            idempotency_key: cmd.idempotency_key.clone(),
+            compensation: false,
+            outcome: Some(ok(&cmd)),
+            ..Default::default()
+        })),
+    };
+    let seq = feed.deliver(&cmd.reply_to, Headers::new(), reply.encode_to_vec());
+    wait_for("the late reply acked", || {
+        feed.settled().contains(&(seq, Settled::Ack))
+    })
+    .await;
+    assert_eq!(
+        rig.publisher.messages().len(),
+        published,
+        "nothing republished"
+    );
+    assert_eq!(rig.publisher.on("events.orders.OrderConfirmed").len(), 1);
+    assert_eq!(
+        rig.journal_versions("t-1"),
+        [1, 2, 3, 4],
+        "already applied: no record"
+    );
+    worker.shutdown(Duration::from_secs(1)).await;
+}
+
+/// F15: deliveries that were never tried (handed back during partition moves) do not
+/// count: an input delivered many times is applied, not dead-lettered.
+#[tokio::test]
+async fn an_input_handed_back_many_times_is_applied_not_dead_lettered() {
+    let (rig, consumer) = rig(Arc::new(MemoryStore::default()));
+    let worker = Worker::start(rig.ctx.clone(), vec![(0, Box::new(consumer))])
+        .await
+        .unwrap();
+    let id = SagaId::parse("m-1").unwrap();
+    let m = start_message("OrderCheckout", &id, Some(order_payload()), "k", 4, 0);
+    rig.feed.redeliver(77, &m.subject, m.headers, m.payload, 50);
+    assert_eq!(
+        rig.run_until_terminal("m-1", &ok).await,
+        SagaStatus::Completed
+    );
+    assert!(rig.publisher.on("dlq.").is_empty());
+    worker.shutdown(Duration::from_secs(1)).await;
+}
+
+/// F3: a saga whose actor keeps failing is restarted with capped backoff until it goes
+/// through: never parked.
+#[tokio::test(start_paused = true)]
+async fn a_saga_that_keeps_failing_is_restarted_until_it_goes_through() {
+    let store = Arc::new(FlakyStore {
+        inner: MemoryStore::default(),
+        failures: AtomicUsize::new(8),
+    });
+    let (rig, consumer) = rig(store);
+    let worker = Worker::start(rig.ctx.clone(), vec![(0, Box::new(consumer))])
+        .await
+        .unwrap();
+    let id = SagaId::parse("k-1").unwrap();
+    let m = start_message("OrderCheckout", &id, Some(order_payload()), "k", 4, 0);
+    let seq = rig
+        .feed
+        .deliver(&m.subject, m.headers.clone(), m.payload.clone());
+    // The broker redelivers every nak; the worker never gives the saga up.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    let mut naks = 0;
+    while rig.journalled_status("k-1").await.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "never went through");
+        let now_naks = rig
+            .feed
+            .settled()
+            .iter()
+            .filter(|(s, st)| *s == seq && matches!(st, Settled::Nak(_)))
+            .count();
+        if now_naks > naks {
+            naks = now_naks;
+            rig.feed.redeliver(
+                seq,
+                &m.subject,
+                m.headers.clone(),
+                m.payload.clone(),
+                naks as u64 + 1,
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(worker.restarts().await >= 8, "{}", worker.restarts().await);
+    // The eight failures count against the input's limit (10): still applied.
+    assert!(rig.publisher.on("dlq.").is_empty());
+    assert_eq!(
+        rig.run_until_terminal("k-1", &ok).await,
+        SagaStatus::Completed
+    );
+    worker.shutdown(Duration::from_secs(1)).await;
+}
+
+/// F2: a takeover whose listing of open sagas fails leaves nothing of the partition
+/// running; the next attempt resumes its sagas.
+#[tokio::test]
+async fn a_failed_takeover_holds_nothing_and_the_next_one_resumes_the_open_sagas() {
+    let (rig, consumer) = rig(Arc::new(MemoryStore::default()));
+    let worker = Worker::start(rig.ctx.clone(), vec![(0, Box::new(consumer))])
+        .await
+        .unwrap();
+    rig.start("a-1");
+    wait_for("the first command", || {
+        !rig.publisher.on("saga.cmd.").is_empty()
+    })
+    .await;
+    worker.release(0, Duration::from_secs(1)).await;
+    assert_eq!(worker.live_sagas().await, 0);
+    assert_eq!(
+        rig.open.list(0).await.unwrap(),
+        vec![("OrderCheckout".to_string(), "a-1".to_string())]
+    );
+
+    rig.open.fail_next(1);
+    let (_feed, consumer) = memory_consumer();
+    assert!(worker.acquire(0, Box::new(consumer)).await.is_err());
+    assert!(worker.held().await.is_empty());
+    assert_eq!(worker.live_sagas().await, 0, "nothing resumed");
+
+    let (_feed, consumer) = memory_consumer();
+    assert_eq!(worker.acquire(0, Box::new(consumer)).await.unwrap(), 1);
+    assert_eq!(worker.held().await, [0]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while worker.live_sagas().await != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the saga was not resumed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     worker.shutdown(Duration::from_secs(1)).await;
 }
