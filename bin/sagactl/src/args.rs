@@ -46,6 +46,9 @@ pub enum Command {
     Dev(DevArgs),
     /// Live workers, the partitions each holds, and the lag of every partition.
     Cluster(ClusterArgs),
+    /// Run a local stack, load it with orders while killing and pausing its processes
+    /// (seeded), then check that nothing was lost or done twice (see docs/reliability.md).
+    Chaos(ChaosArgs),
 }
 
 #[derive(Debug, Args)]
@@ -243,6 +246,23 @@ pub struct BenchArgs {
     pub timeout: u64,
 }
 
+/// What a local stack is made of, for `dev` and `chaos`.
+#[derive(Debug, Args)]
+pub struct StackArgs {
+    /// Saga partitions (every process gets the same count).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub partitions: u32,
+    /// Directory of saga definitions.
+    #[arg(long, default_value = "sagas")]
+    pub sagas: PathBuf,
+    /// nats-server configuration file.
+    #[arg(long, default_value = "nats.conf")]
+    pub nats_conf: PathBuf,
+    /// Seconds to wait for the stack to come up.
+    #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub ready_timeout: u64,
+}
+
 #[derive(Debug, Args)]
 pub struct DevArgs {
     /// Where the gateway listens for gRPC.
@@ -257,15 +277,8 @@ pub struct DevArgs {
     /// Number of saga-worker processes.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=32))]
     pub workers: u32,
-    /// Saga partitions (every process gets the same count).
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub partitions: u32,
-    /// Directory of saga definitions.
-    #[arg(long, default_value = "sagas")]
-    pub sagas: PathBuf,
-    /// nats-server configuration file.
-    #[arg(long, default_value = "nats.conf")]
-    pub nats_conf: PathBuf,
+    #[command(flatten)]
+    pub stack: StackArgs,
     /// Place demo orders (one completes, two are compensated) and print how they ended.
     #[arg(long)]
     pub demo: bool,
@@ -273,9 +286,108 @@ pub struct DevArgs {
     /// did not end as expected).
     #[arg(long, requires = "demo")]
     pub exit: bool,
-    /// Seconds to wait for the stack to come up.
-    #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
-    pub ready_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ChaosArgs {
+    /// Orders to place.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
+    pub orders: u64,
+    /// Orders placed per second (open loop: retries do not slow the schedule down).
+    #[arg(long, default_value_t = 25.0, value_name = "PER_SEC", value_parser = positive_f64)]
+    pub rate: f64,
+    /// Number of saga-worker processes.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=32))]
+    pub workers: u32,
+    /// Faults to inject, spread over the load; the kinds take turns (every kind at
+    /// least once from 5 faults on), the targets and timings come from the seed.
+    #[arg(long, default_value_t = 10)]
+    pub faults: u32,
+    /// Seed of every random choice: orders, fault kinds, targets, timings.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Share of orders cancelled (CancelSaga) right after PlaceOrder answered.
+    #[arg(long, default_value_t = 0.05, value_parser = share)]
+    pub cancel_share: f64,
+    /// Share of orders whose customer (`decline-...`) the payment service declines.
+    #[arg(long, default_value_t = 0.2, value_parser = share)]
+    pub decline_share: f64,
+    /// Lease TTL of the workers (LEASE_TTL_MS): the takeover time after a kill, and
+    /// what a pause must outlast.
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(300..))]
+    pub lease_ttl_ms: u64,
+    /// Only these fault kinds (default: all of them).
+    #[arg(long = "fault-kind", value_enum, value_name = "KIND")]
+    pub fault_kinds: Vec<FaultKind>,
+    /// Data, logs and report of the run; must be new or empty (default:
+    /// target/chaos/seed-<SEED>-<UNIX_SECS>).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// How long, after the load and the last fault, every saga gets to end.
+    #[arg(long, default_value_t = 300, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub quiesce_timeout_secs: u64,
+    /// How long the client retries one PlaceOrder (same idempotency key) before it
+    /// counts the order as never acknowledged.
+    #[arg(long, default_value_t = 120, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub ack_deadline_secs: u64,
+    /// Distinct SKUs the orders draw from (every SKU starts with ample stock).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub skus: u32,
+    /// Extra environment of every worker, KEY=VALUE (e.g. INPUT_ACK_WAIT_SECS=5).
+    #[arg(long = "worker-env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub worker_env: Vec<(String, String)>,
+    #[command(flatten)]
+    pub stack: StackArgs,
+}
+
+/// What `sagactl chaos` does to a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum)]
+pub enum FaultKind {
+    /// SIGKILL a saga-worker, restart it 1-3 s later.
+    KillWorker,
+    /// SIGKILL a participant (inventory, payment, orders), restart it 1-3 s later.
+    KillParticipant,
+    /// SIGKILL the gateway, restart it 1-3 s later.
+    KillGateway,
+    /// SIGKILL nats-server, restart it on the same store 1-3 s later.
+    KillNats,
+    /// SIGSTOP a saga-worker for 1-3 s longer than the lease TTL, then SIGCONT.
+    PauseWorker,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 5] = [
+        FaultKind::KillWorker,
+        FaultKind::KillParticipant,
+        FaultKind::KillGateway,
+        FaultKind::KillNats,
+        FaultKind::PauseWorker,
+    ];
+
+    /// The name users type (`kill-worker`).
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::KillWorker => "kill-worker",
+            FaultKind::KillParticipant => "kill-participant",
+            FaultKind::KillGateway => "kill-gateway",
+            FaultKind::KillNats => "kill-nats",
+            FaultKind::PauseWorker => "pause-worker",
+        }
+    }
+}
+
+fn share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a share between 0 and 1")),
+    }
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
 }
 
 fn non_empty(s: &str) -> Result<String, String> {

@@ -2,11 +2,12 @@
 //!
 //! Definitions (`def`) are checked offline; orders, sagas and the benchmark talk to the
 //! gateway over gRPC (`saga.v1.SagaGateway`, address from `--gateway` / `SAGA_GATEWAY`);
-//! `dev` runs the whole stack as child processes; `projection rebuild` runs the
-//! gateway's offline rebuild.
+//! `dev` runs the whole stack as child processes; `chaos` does too, loads it while it
+//! kills and pauses its processes, and checks the invariants; `projection rebuild` runs
+//! the gateway's offline rebuild.
 //!
 //! Exit status: 0 success, 1 error, 2 bad usage, 3 `order place --wait` / `saga start
-//! --wait` saw the saga end other than COMPLETED.
+//! --wait` saw the saga end other than COMPLETED, 4 `chaos` found an invariant broken.
 
 use std::process::ExitCode;
 
@@ -14,6 +15,7 @@ use clap::Parser;
 
 mod args;
 mod bench;
+mod chaos;
 mod client;
 mod cluster;
 mod def;
@@ -23,6 +25,7 @@ mod output;
 mod projection;
 mod render;
 mod sagas;
+mod stack;
 mod watch;
 
 use args::{Cli, Command, DefCommand};
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
             Command::Bench(a) => bench::run(&gateway, out, a).await,
             Command::Dev(a) => dev::run(a).await,
             Command::Cluster(a) => cluster::run(out, a).await,
+            Command::Chaos(a) => chaos::run(out, a).await,
         }
     });
     match result {

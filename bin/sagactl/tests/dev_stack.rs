@@ -4,17 +4,19 @@
 //! Needs every binary built beside sagactl (`cargo build --workspace --bins`, which
 //! `make test` runs first) and the pinned nats-server (`make setup`, or NATS_SERVER_BIN).
 
+mod support;
+
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use support::{repo_root, still_running, STOP_DEADLINE};
+
 /// The whole run: startup, three sagas, shutdown. Far above what it takes (~10-20 s).
 const RUN_DEADLINE: Duration = Duration::from_secs(300);
-/// After a SIGTERM on the deadline, how long sagactl gets to stop its children.
-const STOP_DEADLINE: Duration = Duration::from_secs(60);
 
 const CHILDREN: [&str; 8] = [
     "nats-server",
@@ -27,40 +29,18 @@ const CHILDREN: [&str; 8] = [
     "saga-gateway",
 ];
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
 fn prerequisites(sagactl: &Path) {
-    let dir = sagactl.parent().unwrap();
-    let missing: Vec<&str> = [
-        "saga-worker",
-        "saga-gateway",
-        "inventory",
-        "payment",
-        "orders",
-        "flight",
-        "hotel",
-    ]
-    .into_iter()
-    .filter(|b| !dir.join(b).is_file())
-    .collect();
-    assert!(
-        missing.is_empty(),
-        "binaries {missing:?} are missing in {}: build them first with \
-         `cargo build --workspace --bins` (`make test` does)",
-        dir.display()
-    );
-    let nats = std::env::var_os("NATS_SERVER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".tools/bin/nats-server"));
-    assert!(
-        nats.is_file(),
-        "nats-server not found at {}: run `make setup` (or set NATS_SERVER_BIN)",
-        nats.display()
+    support::prerequisites(
+        sagactl,
+        &[
+            "saga-worker",
+            "saga-gateway",
+            "inventory",
+            "payment",
+            "orders",
+            "flight",
+            "hotel",
+        ],
     );
 }
 
@@ -74,65 +54,12 @@ fn free_ports() -> (u16, u16) {
     )
 }
 
-/// Runs sagactl to its end, or SIGTERMs it at the deadline and fails.
-fn run_to_end(mut cmd: Command) -> Output {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start sagactl");
-    let pid = child.id().to_string();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(RUN_DEADLINE) {
-        Ok(out) => out.expect("wait for sagactl"),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-TERM", &pid]).status();
-            match rx.recv_timeout(STOP_DEADLINE) {
-                Ok(Ok(out)) => panic!(
-                    "sagactl dev did not finish within {RUN_DEADLINE:?}; stopped it:\n{}\n{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ),
-                _ => {
-                    let _ = Command::new("kill").args(["-KILL", &pid]).status();
-                    panic!("sagactl dev did not finish within {RUN_DEADLINE:?} nor stop on SIGTERM")
-                }
-            }
-        }
-    }
+fn run_to_end(cmd: Command) -> std::process::Output {
+    support::run_to_end(cmd, RUN_DEADLINE)
 }
 
-/// `started NAME (pid N), log PATH` lines.
 fn started_children(stdout: &str) -> Vec<(String, u32)> {
-    stdout
-        .lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix("started ")?;
-            let (name, rest) = rest.split_once(" (pid ")?;
-            let (pid, _) = rest.split_once(')')?;
-            Some((name.to_string(), pid.parse().ok()?))
-        })
-        .collect()
-}
-
-/// A process with this pid runs and is the named program (pids get reused).
-fn still_running(pid: u32, name: &str) -> bool {
-    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-    let Ok(cmdline) = std::fs::read(proc_dir.join("cmdline")) else {
-        return false;
-    };
-    let program = name.trim_end_matches(|c: char| c == '-' || c.is_ascii_digit());
-    let zombie = std::fs::read_to_string(proc_dir.join("stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, r)| r.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false);
-    !zombie && String::from_utf8_lossy(&cmdline).contains(program)
+    support::started_children(stdout, false)
 }
 
 #[test]

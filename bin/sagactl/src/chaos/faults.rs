@@ -1,0 +1,235 @@
+//! Doing the planned faults to the stack's processes, and restarting whatever ends on
+//! its own (that is recorded: it is a finding).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::sync::{mpsc, Mutex};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::plan::{PlannedFault, Target};
+use super::Voice;
+use crate::args::FaultKind;
+use crate::stack::{nats_accepts, tail, Exited, Launched, ProcId, Stack, NATS_READY};
+
+/// After a child ended on its own, it is started again this much later.
+const RESTART_AFTER_EXIT: Duration = Duration::from_secs(1);
+
+/// One fault as it was done.
+#[derive(Debug, Clone)]
+pub struct FaultRecord {
+    pub planned: PlannedFault,
+    /// The process's name (`saga-worker-2`).
+    pub target: String,
+    /// The pid it had (None: it was not running).
+    pub pid: Option<u32>,
+    /// When it was done, from the start of the load.
+    pub at: Duration,
+    /// What went wrong doing it (the signal or the restart failed).
+    pub error: Option<String>,
+}
+
+/// A child that ended without being asked to.
+#[derive(Debug, Clone)]
+pub struct UnexpectedExit {
+    pub name: String,
+    pub status: String,
+    /// From the start of the load.
+    pub at: Duration,
+    /// The last lines of its log.
+    pub log_tail: String,
+    /// nats-server was down (killed by a fault) when it ended: the processes exit when
+    /// they cannot reach NATS at start.
+    pub nats_down: bool,
+}
+
+fn target_id(launched: &Launched, target: Target) -> ProcId {
+    match target {
+        Target::Worker(i) => launched.workers[i % launched.workers.len()],
+        Target::Participant(i) => launched.participants[i % launched.participants.len()],
+        Target::Gateway => launched.gateway,
+        Target::Nats => launched.nats,
+    }
+}
+
+/// Does `plan`: each fault at its time, several at once when their times overlap, but
+/// never two on the same process at once (a fault waits for the one before it on its
+/// target). Returns what was done, in plan order.
+pub async fn inject(
+    stack: Arc<Mutex<Stack>>,
+    launched: Launched,
+    nats_addr: SocketAddr,
+    plan: Vec<PlannedFault>,
+    t0: Instant,
+    voice: Voice,
+    nats_down: Arc<AtomicBool>,
+) -> Vec<FaultRecord> {
+    let total = plan.len();
+    let mut per_target: BTreeMap<ProcId, Arc<Mutex<()>>> = BTreeMap::new();
+    let mut tasks = JoinSet::new();
+    for planned in plan {
+        let id = target_id(&launched, planned.target);
+        let turn = per_target.entry(id).or_default().clone();
+        let (stack, nats_down) = (stack.clone(), nats_down.clone());
+        tasks.spawn(async move {
+            tokio::time::sleep_until(t0 + planned.at).await;
+            let _turn = turn.lock().await;
+            let (target, pid) = {
+                let s = stack.lock().await;
+                (s.name(id).to_string(), s.pid(id))
+            };
+            let at = t0.elapsed();
+            let what = match planned.kind {
+                FaultKind::PauseWorker => format!("SIGSTOP {target} for {:?}", planned.hold),
+                _ => format!("kill -9 {target}, restart after {:?}", planned.hold),
+            };
+            voice.line(format_args!(
+                "fault {}/{total} at {:.1} s: {what} (pid {})",
+                planned.number,
+                at.as_secs_f64(),
+                pid.map_or_else(|| "none: not running".to_string(), |p| p.to_string())
+            ));
+            let error = match planned.kind {
+                FaultKind::PauseWorker => pause(&stack, id, planned.hold).await,
+                FaultKind::KillNats => {
+                    nats_down.store(true, Ordering::SeqCst);
+                    let r = kill_and_restart(&stack, id, planned.hold, Some(nats_addr)).await;
+                    nats_down.store(false, Ordering::SeqCst);
+                    r
+                }
+                _ => kill_and_restart(&stack, id, planned.hold, None).await,
+            }
+            .err();
+            if let Some(e) = &error {
+                voice.line(format_args!("fault {}/{total}: {e}", planned.number));
+            }
+            FaultRecord {
+                planned,
+                target,
+                pid,
+                at,
+                error,
+            }
+        });
+    }
+    let mut done = Vec::with_capacity(total);
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(r) => done.push(r),
+            Err(e) => voice.line(format_args!("a fault's task failed: {e}")),
+        }
+    }
+    done.sort_by_key(|r| r.planned.number);
+    done
+}
+
+async fn kill_and_restart(
+    stack: &Mutex<Stack>,
+    id: ProcId,
+    down: Duration,
+    nats: Option<SocketAddr>,
+) -> Result<(), String> {
+    stack
+        .lock()
+        .await
+        .kill(id)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    tokio::time::sleep(down).await;
+    stack
+        .lock()
+        .await
+        .restart(id)
+        .await
+        .map_err(|e| format!("restarting: {e:#}"))?;
+    if let Some(addr) = nats {
+        // The next fault must not meet a broker that is still starting.
+        let deadline = Instant::now() + NATS_READY;
+        while nats_accepts(addr).await.is_none() {
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the restarted nats-server did not accept connections within {NATS_READY:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+async fn pause(stack: &Mutex<Stack>, id: ProcId, hold: Duration) -> Result<(), String> {
+    stack
+        .lock()
+        .await
+        .signal(id, Signal::SIGSTOP)
+        .map_err(|e| format!("{e:#}"))?;
+    tokio::time::sleep(hold).await;
+    stack
+        .lock()
+        .await
+        .signal(id, Signal::SIGCONT)
+        .map_err(|e| format!("{e:#}"))
+}
+
+/// What a log says last: from its last error or panic line (a backtrace cut off), else
+/// its last lines.
+fn last_words(log: &std::path::Path) -> String {
+    let text = tail(log, 200);
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(from) = lines
+        .iter()
+        .rposition(|l| l.contains("Error") || l.contains("error") || l.contains("panicked"))
+    else {
+        return lines[lines.len().saturating_sub(10)..].join("\n");
+    };
+    lines[from..]
+        .iter()
+        .take_while(|l| !l.contains("backtrace"))
+        .take(6)
+        .copied()
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Records every child that ends on its own and starts it again (with its data) a
+/// second later, until aborted.
+pub async fn restart_exited(
+    stack: Arc<Mutex<Stack>>,
+    mut exits: mpsc::UnboundedReceiver<Exited>,
+    t0: Instant,
+    voice: Voice,
+    record: Arc<std::sync::Mutex<Vec<UnexpectedExit>>>,
+    nats_down: Arc<AtomicBool>,
+) {
+    while let Some(exit) = exits.recv().await {
+        let nats_down = nats_down.load(Ordering::SeqCst);
+        let status = exit.status_text();
+        voice.line(format_args!(
+            "{} exited on its own ({status}); restarting it in {RESTART_AFTER_EXIT:?} (log {})",
+            exit.name,
+            exit.log.display()
+        ));
+        if let Ok(mut r) = record.lock() {
+            r.push(UnexpectedExit {
+                name: exit.name.clone(),
+                status,
+                at: t0.elapsed(),
+                log_tail: last_words(&exit.log),
+                nats_down,
+            });
+        }
+        tokio::time::sleep(RESTART_AFTER_EXIT).await;
+        let mut s = stack.lock().await;
+        // A fault may have restarted it meanwhile.
+        if s.generation(exit.id) == exit.generation {
+            if let Err(e) = s.restart(exit.id).await {
+                voice.line(format_args!("restarting {}: {e:#}", exit.name));
+            }
+        }
+    }
+}
