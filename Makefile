@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 SAGAS := $(wildcard sagas/*.yaml)
 
-.PHONY: help setup build demo bench test lint fmt clippy check-core-deps ci clean
+.PHONY: help setup build demo bench chaos test lint fmt clippy check-core-deps ci clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -28,6 +28,19 @@ demo: setup ## run the whole stack locally with a demo (Ctrl-C stops it)
 bench: setup ## sagactl bench against a release stack (see docs/benchmarks.md)
 	$(CARGO) build --release --workspace --bins
 	scripts/bench.sh
+
+# The long chaos run (docs/reliability.md); e.g. make chaos CHAOS_SEED=7 CHAOS_ORDERS=20000.
+# 250 faults: 50 of each of the 5 kinds. Data, logs and report: target/chaos/seed-<SEED>-<time>/.
+CHAOS_ORDERS ?= 10000
+CHAOS_RATE ?= 20
+CHAOS_WORKERS ?= 3
+CHAOS_FAULTS ?= 250
+CHAOS_SEED ?= 1
+
+chaos: setup ## long chaos run on a release stack: 10,000 orders, 50 faults of every kind
+	$(CARGO) build --release --workspace --bins
+	target/release/sagactl chaos --orders $(CHAOS_ORDERS) --rate $(CHAOS_RATE) \
+		--workers $(CHAOS_WORKERS) --faults $(CHAOS_FAULTS) --seed $(CHAOS_SEED)
 
 test: setup ## run every test (unit, property, CLI, end-to-end on a real nats-server)
 	$(CARGO) build --workspace --bins

@@ -176,20 +176,26 @@ async fn pause(stack: &Mutex<Stack>, id: ProcId, hold: Duration) -> Result<(), S
         .map_err(|e| format!("{e:#}"))
 }
 
-/// What a log says last: from its last error or panic line (a backtrace cut off), else
-/// its last lines.
+/// What a log says last: from its last error or panic line to the backtrace, else its
+/// last lines.
 fn last_words(log: &std::path::Path) -> String {
     let text = tail(log, 200);
     let lines: Vec<&str> = text.lines().collect();
-    let Some(from) = lines
-        .iter()
-        .rposition(|l| l.contains("Error") || l.contains("error") || l.contains("panicked"))
-    else {
+    let said = |l: &&str| {
+        let l = l.trim_start_matches("  | ");
+        l.starts_with("Error:") || l.contains("panicked at") || l.contains(" ERROR ") || {
+            // `saga-worker: connecting to NATS ...`: a binary's own last word.
+            l.split_once(": ")
+                .is_some_and(|(who, _)| !who.contains(' ') && who.starts_with("saga-"))
+        }
+    };
+    let Some(from) = lines.iter().rposition(said) else {
         return lines[lines.len().saturating_sub(10)..].join("\n");
     };
     lines[from..]
         .iter()
         .take_while(|l| !l.contains("backtrace"))
+        .filter(|l| l.trim_start_matches("  | ").trim() != "")
         .take(6)
         .copied()
         .collect::<Vec<_>>()
@@ -231,5 +237,39 @@ pub async fn restart_exited(
                 voice.line(format_args!("restarting {}: {e:#}", exit.name));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_words_of_a_log_skip_the_backtrace() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("payment.log");
+        std::fs::write(
+            &log,
+            "2026-12-01T22:28:48Z  INFO consuming commands\n\
+             Error: cannot connect to NATS at nats://127.0.0.1:1: Connection refused\n\
+             \n\
+             Caused by:\n    0: Connection refused (os error 111)\n\
+             \n\
+             Stack backtrace:\n   0: anyhow::Error::msg\n   1: main\n",
+        )
+        .unwrap();
+        assert_eq!(
+            last_words(&log),
+            "  | Error: cannot connect to NATS at nats://127.0.0.1:1: Connection refused\n\
+             \x20 | Caused by:\n\
+             \x20 |     0: Connection refused (os error 111)"
+        );
+        std::fs::write(&log, "saga-worker: connecting to NATS: refused\n").unwrap();
+        assert_eq!(
+            last_words(&log),
+            "  | saga-worker: connecting to NATS: refused"
+        );
+        std::fs::write(&log, "one\ntwo\n").unwrap();
+        assert_eq!(last_words(&log), "  | one\n  | two");
     }
 }
