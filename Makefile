@@ -12,6 +12,7 @@ help: ## list the targets
 setup: ## install what the project needs (pinned nats-server into .tools/, grpcurl for its test)
 	@scripts/install-nats-server.sh
 	@scripts/install-grpcurl.sh >/dev/null
+	@scripts/install-faketime.sh
 
 build: ## build every crate and binary
 	$(CARGO) build --workspace --all-targets
