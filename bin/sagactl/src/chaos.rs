@@ -7,7 +7,7 @@
 //! schedule through a client that retries with the same idempotency key; meanwhile do
 //! the planned faults one after the other (and restart whatever ends on its own,
 //! recording it); wait until every saga is terminal; send every acknowledged key again;
-//! read the journals of cancelled sagas that completed and SAGA_EVENTS; stop the stack;
+//! read the journals of cancelled sagas and SAGA_EVENTS; stop the stack;
 //! read the participants' ledgers; judge the invariants. Every choice comes from
 //! `--seed` ([`plan`]); the judgement is a pure function of what was read ([`check`]).
 
@@ -21,7 +21,7 @@ mod report;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -221,14 +221,14 @@ async fn chaos(
 
     let t0 = Instant::now();
     let exits_seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let nats_down = Arc::new(AtomicBool::new(false));
+    let outages = faults::Outages::default();
     let _restarter = Aborting(tokio::spawn(faults::restart_exited(
         stack.clone(),
         exits,
         t0,
         voice,
         exits_seen.clone(),
-        nats_down.clone(),
+        outages.clone(),
     )));
     let mut injector = Aborting(tokio::spawn(faults::inject(
         stack.clone(),
@@ -237,7 +237,7 @@ async fn chaos(
         fault_plan,
         t0,
         voice,
-        nats_down,
+        outages,
     )));
     let progress = Arc::new(load::Progress::default());
     let _ticker = Aborting(tokio::spawn({
@@ -275,7 +275,11 @@ async fn chaos(
         load_took.as_secs_f64()
     ));
     let fault_records = (&mut injector.0).await.context("the fault injector")?;
-    let faults_over_at = t0.elapsed();
+    let faults_over_at = fault_records
+        .iter()
+        .map(|f| f.over_at)
+        .max()
+        .unwrap_or_default();
 
     voice.line(format_args!("waiting for every saga to end"));
     let acked: Vec<String> = records
@@ -299,13 +303,26 @@ async fn chaos(
         acked.len()
     ));
     let replays = gather::replays(&client, &records).await;
-    let cancel_journals = gather::cancel_journals(&client, &records, &q.sagas).await;
-    voice.line(format_args!("reading SAGA_EVENTS"));
-    let (events, events_error) =
-        match gather::events(&layout.nats_url(), &q.sagas, EVENTS_SETTLE).await {
-            Ok(e) => (e, None),
-            Err(e) => (Vec::new(), Some(format!("{e:#}"))),
-        };
+    let cancel_journals = gather::cancel_journals(&client, &records).await;
+    voice.line(format_args!("reading SAGA_EVENTS and SAGA_DLQ"));
+    let nats_url = layout.nats_url();
+    let js = async_nats::connect(&nats_url)
+        .await
+        .map(async_nats::jetstream::new)
+        .with_context(|| format!("connecting to NATS at {nats_url}"));
+    let (events, events_error, dead_letters) = match js {
+        Ok(js) => {
+            let (events, error) = match gather::events(&js, &q.sagas, EVENTS_SETTLE).await {
+                Ok(e) => (e, None),
+                Err(e) => (Vec::new(), Some(format!("{e:#}"))),
+            };
+            let dead = gather::dead_letters(&js)
+                .await
+                .map_err(|e| format!("{e:#}"));
+            (events, error, dead)
+        }
+        Err(e) => (Vec::new(), Some(format!("{e:#}")), Err(format!("{e:#}"))),
+    };
 
     // The ledgers are sled databases their participants hold open: stop everything.
     drop(_restarter);
@@ -346,6 +363,7 @@ async fn chaos(
         quiescence_timeout: timeout,
         quiescence_error: q.last_error,
         states: report::states(&observed.sagas),
+        dead_letters,
         verdicts,
         exits,
         records: observed.orders,

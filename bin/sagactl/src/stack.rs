@@ -158,6 +158,8 @@ pub struct Exited {
     /// Which start of the child ended (1 for the first).
     pub generation: u64,
     pub name: String,
+    /// When this start of the child was spawned.
+    pub started: Instant,
     pub status: std::io::Result<ExitStatus>,
     pub log: PathBuf,
 }
@@ -342,6 +344,7 @@ impl Stack {
         } else {
             say(self.to_stderr, format_args!("restarted {name} (pid {pid})"));
         }
+        let started = Instant::now();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let expected = Arc::new(AtomicBool::new(false));
         let expected_by_task = expected.clone();
@@ -351,7 +354,7 @@ impl Stack {
                     if expected_by_task.load(Ordering::SeqCst) {
                         return Stopped::Killed(status);
                     }
-                    let _ = exits.send(Exited { id, generation, name, status, log });
+                    let _ = exits.send(Exited { id, generation, name, started, status, log });
                     Stopped::Exited
                 }
                 _ = stop_rx => terminate(&mut child, pid).await,

@@ -49,20 +49,20 @@ pub struct EventSeen {
     pub saga_id: Option<String>,
 }
 
-/// What a cancelled saga that ended COMPLETED has in its journal.
+/// Where a saga's journal has the cancel that was sent to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CancelJournal {
-    /// The cancel was journalled after the transition to COMPLETED (and ignored).
+    /// Journalled, and the saga never completed.
+    Journalled,
+    /// Journalled after the transition to COMPLETED (and ignored): it completed first.
     CompletedFirst,
-    /// The cancel was journalled while the saga still ran, yet it completed.
+    /// Journalled while the saga still ran, yet it completed.
     CancelWhileRunning,
-    /// No cancel in the journal at all: it was lost.
+    /// Not in the journal at all: the cancel was lost.
     NoCancel,
-    /// The journal does not show the saga COMPLETED.
-    NotCompleted,
 }
 
-/// Reads the journal of a saga that was cancelled and ended COMPLETED.
+/// Reads the journal of a saga a cancel was sent to.
 pub fn cancel_journal(events: &[JournalEvent]) -> CancelJournal {
     let mut sorted: Vec<&JournalEvent> = events.iter().collect();
     sorted.sort_by_key(|e| e.version);
@@ -80,8 +80,8 @@ pub fn cancel_journal(events: &[JournalEvent]) -> CancelJournal {
         })
         .map(|e| e.version);
     match (completed, cancel) {
-        (None, _) => CancelJournal::NotCompleted,
-        (Some(_), None) => CancelJournal::NoCancel,
+        (_, None) => CancelJournal::NoCancel,
+        (None, Some(_)) => CancelJournal::Journalled,
         (Some(done), Some(c)) if c > done => CancelJournal::CompletedFirst,
         (Some(_), Some(_)) => CancelJournal::CancelWhileRunning,
     }
@@ -102,7 +102,7 @@ pub struct Observed {
     pub events_error: Option<String>,
     /// Each participant's ledger (or why it could not be read).
     pub ledgers: Vec<(String, Result<Vec<LedgerEntry>, String>)>,
-    /// The journal verdict of each saga cancelled while running that ended COMPLETED.
+    /// Where the journal of each saga cancelled while running has the cancel.
     pub cancel_journals: BTreeMap<String, Result<CancelJournal, String>>,
     pub exits: Vec<UnexpectedExit>,
 }
@@ -387,9 +387,13 @@ fn one_event(o: &Observed) -> Verdict {
     verdict(ONE_EVENT, count, problems)
 }
 
+/// A cancel that answered OK on a PENDING or RUNNING saga: the saga COMPENSATED, or
+/// COMPLETED before the cancel reached it (its journal has the cancel after the
+/// completion). A compensated saga whose journal lacks the cancel compensated for
+/// another reason: it counts as honoured, and the count says how many lost their cancel.
 fn cancel_honoured(o: &Observed) -> Verdict {
     let mut problems = Vec::new();
-    let (mut sent, mut accepted, mut compensated, mut first) = (0, 0, 0, 0);
+    let (mut sent, mut accepted, mut compensated, mut first, mut lost) = (0, 0, 0, 0, 0);
     for r in &o.orders {
         let (Some(c), Some(id)) = (&r.cancel, r.saga_id()) else {
             continue;
@@ -399,27 +403,42 @@ fn cancel_honoured(o: &Observed) -> Verdict {
             continue;
         }
         accepted += 1;
+        let journal = o.cancel_journals.get(id);
+        let said = match journal {
+            Some(Ok(CancelJournal::NoCancel)) => "its cancel is not in its journal".to_string(),
+            Some(Ok(CancelJournal::CancelWhileRunning)) => {
+                "its journal has the cancel before the completion".to_string()
+            }
+            Some(Ok(_)) => "its journal has the cancel".to_string(),
+            Some(Err(e)) => format!("its journal: {e}"),
+            None => "its journal was not read".to_string(),
+        };
         let end = o.sagas.get(id).copied();
         match end.map(SagaState::try_from) {
-            Some(Ok(SagaState::Compensated)) => compensated += 1,
-            Some(Ok(SagaState::Completed)) => match o.cancel_journals.get(id) {
-                Some(Ok(CancelJournal::CompletedFirst)) => first += 1,
-                Some(Ok(j)) => {
-                    problems.push(format!("saga {id}: COMPLETED after its cancel ({j:?})"))
-                }
-                Some(Err(e)) => problems.push(format!("saga {id}: COMPLETED; its journal: {e}")),
-                None => problems.push(format!("saga {id}: COMPLETED; its journal was not read")),
-            },
+            Some(Ok(SagaState::Compensated)) => {
+                compensated += 1;
+                lost += u32::from(matches!(journal, Some(Ok(CancelJournal::NoCancel))));
+            }
+            Some(Ok(SagaState::Completed))
+                if matches!(journal, Some(Ok(CancelJournal::CompletedFirst))) =>
+            {
+                first += 1
+            }
             Some(_) => problems.push(format!(
-                "saga {id}: {} after its cancel",
+                "saga {id}: {} after its cancel; {said}",
                 state_name(end.unwrap_or_default())
             )),
             None => problems.push(format!("saga {id}: unknown to the gateway")),
         }
     }
-    let count = format!(
+    let mut count = format!(
         "{sent} cancels, {accepted} on running sagas: {compensated} compensated, {first} completed first"
     );
+    if lost > 0 {
+        count.push_str(&format!(
+            "; {lost} compensated without their cancel in the journal"
+        ));
+    }
     verdict(CANCEL_HONOURED, count, problems)
 }
 
@@ -441,19 +460,19 @@ fn none_refused(o: &Observed) -> Verdict {
     verdict(NONE_REFUSED, count, problems)
 }
 
-/// Exits while a fault had nats-server down are listed, not counted: the processes
-/// exit when they cannot reach NATS at start, and a supervisor (here: the suite)
-/// restarts them.
+/// Exits of processes whose life met a `kill-nats` outage (or the moments after it) are
+/// listed, not counted: the processes exit when they cannot reach NATS at start, and a
+/// supervisor (here: the suite) restarts them.
 fn no_crash(o: &Observed) -> Verdict {
     let problems: Vec<String> = o
         .exits
         .iter()
-        .filter(|e| !e.nats_down)
+        .filter(|e| !e.during_nats_outage)
         .map(|e| format!("{} at {:.1} s: {}", e.name, e.at.as_secs_f64(), e.status))
         .collect();
-    let by_name = |nats_down: bool| {
+    let by_name = |outage: bool| {
         let mut by: BTreeMap<&str, u32> = BTreeMap::new();
-        for e in o.exits.iter().filter(|e| e.nats_down == nats_down) {
+        for e in o.exits.iter().filter(|e| e.during_nats_outage == outage) {
             *by.entry(e.name.as_str()).or_default() += 1;
         }
         by.iter()
@@ -468,7 +487,7 @@ fn no_crash(o: &Observed) -> Verdict {
     }
     if !excused.is_empty() {
         count.push_str(&format!(
-            "; while nats-server was down, not counted: {excused}"
+            "; around nats-server outages, not counted: {excused}"
         ));
     }
     verdict(NO_CRASH, count, problems)
@@ -643,18 +662,18 @@ mod tests {
         assert_eq!(failed(&o), [NONE_REFUSED]);
 
         let mut o = clean();
-        let exit = |nats_down| UnexpectedExit {
+        let exit = |during_nats_outage| UnexpectedExit {
             name: "payment".into(),
             status: "exit status: 1".into(),
             at: Duration::from_secs(3),
             log_tail: String::new(),
-            nats_down,
+            during_nats_outage,
         };
         o.exits.push(exit(true));
         assert!(failed(&o).is_empty());
         assert_eq!(
             evaluate(&o)[7].count,
-            "0; while nats-server was down, not counted: payment 1"
+            "0; around nats-server outages, not counted: payment 1"
         );
         o.exits.push(exit(false));
         assert_eq!(failed(&o), [NO_CRASH]);
@@ -680,13 +699,26 @@ mod tests {
         // Taken while already COMPLETED: nothing to honour.
         o.orders[0].cancel = cancel(COMPLETED);
         assert!(failed(&o).is_empty());
-        // Compensated: honoured.
+        // Compensated: honoured; without the cancel in its journal, it says so.
         o.orders[1].cancel = cancel(SagaState::Pending as i32);
-        let v = evaluate(&o);
+        o.cancel_journals
+            .insert("s2".into(), Ok(CancelJournal::Journalled));
+        assert!(failed(&o).is_empty());
         assert_eq!(
-            v[5].count,
+            evaluate(&o)[5].count,
             "2 cancels, 1 on running sagas: 1 compensated, 0 completed first"
         );
+        o.cancel_journals
+            .insert("s2".into(), Ok(CancelJournal::NoCancel));
+        assert!(failed(&o).is_empty());
+        assert_eq!(
+            evaluate(&o)[5].count,
+            "2 cancels, 1 on running sagas: 1 compensated, 0 completed first; 1 compensated \
+             without their cancel in the journal"
+        );
+        // FAILED after a cancel: broken, whatever the journal says.
+        o.sagas.insert("s2".into(), SagaState::Failed as i32);
+        assert!(failed(&o).contains(&CANCEL_HONOURED));
     }
 
     #[test]
@@ -720,7 +752,11 @@ mod tests {
         );
         assert_eq!(
             cancel_journal(&[ev(1, start(), RUNNING)]),
-            CancelJournal::NotCompleted
+            CancelJournal::NoCancel
+        );
+        assert_eq!(
+            cancel_journal(&[ev(1, start(), RUNNING), ev(2, cancel(), COMPENSATED)]),
+            CancelJournal::Journalled
         );
     }
 }

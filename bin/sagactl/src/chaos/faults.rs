@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,8 +27,10 @@ pub struct FaultRecord {
     pub target: String,
     /// The pid it had (None: it was not running).
     pub pid: Option<u32>,
-    /// When it was done, from the start of the load.
+    /// When it was done and when it was over (restarted, resumed), from the start of
+    /// the load.
     pub at: Duration,
+    pub over_at: Duration,
     /// What went wrong doing it (the signal or the restart failed).
     pub error: Option<String>,
 }
@@ -43,9 +44,52 @@ pub struct UnexpectedExit {
     pub at: Duration,
     /// The last lines of its log.
     pub log_tail: String,
-    /// nats-server was down (killed by a fault) when it ended: the processes exit when
-    /// they cannot reach NATS at start.
-    pub nats_down: bool,
+    /// Its life met a `kill-nats` outage or the [`NATS_AFTERMATH`] after it: the
+    /// processes exit when they cannot reach NATS (or JetStream) at start.
+    pub during_nats_outage: bool,
+}
+
+/// How long after a restarted nats-server accepts connections its JetStream may still
+/// be too slow for a process that starts (its requests time out).
+pub const NATS_AFTERMATH: Duration = Duration::from_secs(10);
+
+/// When nats-server was killed by a fault, and when it accepted connections again.
+type Outage = (Instant, Option<Instant>);
+
+/// The times nats-server was down by a fault.
+#[derive(Debug, Clone, Default)]
+pub struct Outages(Arc<std::sync::Mutex<Vec<Outage>>>);
+
+impl Outages {
+    fn begin(&self) {
+        if let Ok(mut w) = self.0.lock() {
+            w.push((Instant::now(), None));
+        }
+    }
+
+    fn end(&self) {
+        if let Ok(mut w) = self.0.lock() {
+            if let Some(last) = w.last_mut() {
+                last.1.get_or_insert_with(Instant::now);
+            }
+        }
+    }
+
+    /// A process that lived from `started` to `ended` met an outage or its aftermath.
+    pub fn met(&self, started: Instant, ended: Instant) -> bool {
+        self.0
+            .lock()
+            .map(|w| overlaps(&w, started, ended, NATS_AFTERMATH))
+            .unwrap_or(false)
+    }
+}
+
+/// `[started, ended]` meets one of `windows` (an open one lasts until `ended`), each
+/// stretched by `aftermath`.
+fn overlaps(windows: &[Outage], started: Instant, ended: Instant, aftermath: Duration) -> bool {
+    windows
+        .iter()
+        .any(|(down, up)| *down <= ended && started <= up.map_or(ended, |up| up + aftermath))
 }
 
 fn target_id(launched: &Launched, target: Target) -> ProcId {
@@ -67,7 +111,7 @@ pub async fn inject(
     plan: Vec<PlannedFault>,
     t0: Instant,
     voice: Voice,
-    nats_down: Arc<AtomicBool>,
+    outages: Outages,
 ) -> Vec<FaultRecord> {
     let total = plan.len();
     let mut per_target: BTreeMap<ProcId, Arc<Mutex<()>>> = BTreeMap::new();
@@ -75,7 +119,7 @@ pub async fn inject(
     for planned in plan {
         let id = target_id(&launched, planned.target);
         let turn = per_target.entry(id).or_default().clone();
-        let (stack, nats_down) = (stack.clone(), nats_down.clone());
+        let (stack, outages) = (stack.clone(), outages.clone());
         tasks.spawn(async move {
             tokio::time::sleep_until(t0 + planned.at).await;
             let _turn = turn.lock().await;
@@ -97,9 +141,9 @@ pub async fn inject(
             let error = match planned.kind {
                 FaultKind::PauseWorker => pause(&stack, id, planned.hold).await,
                 FaultKind::KillNats => {
-                    nats_down.store(true, Ordering::SeqCst);
+                    outages.begin();
                     let r = kill_and_restart(&stack, id, planned.hold, Some(nats_addr)).await;
-                    nats_down.store(false, Ordering::SeqCst);
+                    outages.end();
                     r
                 }
                 _ => kill_and_restart(&stack, id, planned.hold, None).await,
@@ -113,6 +157,7 @@ pub async fn inject(
                 target,
                 pid,
                 at,
+                over_at: t0.elapsed(),
                 error,
             }
         });
@@ -210,10 +255,10 @@ pub async fn restart_exited(
     t0: Instant,
     voice: Voice,
     record: Arc<std::sync::Mutex<Vec<UnexpectedExit>>>,
-    nats_down: Arc<AtomicBool>,
+    outages: Outages,
 ) {
     while let Some(exit) = exits.recv().await {
-        let nats_down = nats_down.load(Ordering::SeqCst);
+        let during_nats_outage = outages.met(exit.started, Instant::now());
         let status = exit.status_text();
         voice.line(format_args!(
             "{} exited on its own ({status}); restarting it in {RESTART_AFTER_EXIT:?} (log {})",
@@ -226,7 +271,7 @@ pub async fn restart_exited(
                 status,
                 at: t0.elapsed(),
                 log_tail: last_words(&exit.log),
-                nats_down,
+                during_nats_outage,
             });
         }
         tokio::time::sleep(RESTART_AFTER_EXIT).await;
@@ -243,6 +288,21 @@ pub async fn restart_exited(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exit_is_put_down_to_an_outage_its_life_met() {
+        let t = Instant::now();
+        let s = Duration::from_secs;
+        let windows = [(t + s(10), Some(t + s(13))), (t + s(50), None)];
+        let met = |from: u64, to: u64| overlaps(&windows, t + s(from), t + s(to), s(10));
+        assert!(met(11, 12)); // started and ended while it was down
+        assert!(met(0, 11)); // was running when it went down
+        assert!(met(20, 21)); // started in the aftermath
+        assert!(!met(24, 30)); // started after the aftermath
+        assert!(!met(0, 9)); // ended before
+        assert!(met(49, 60)); // the open outage
+        assert!(!met(30, 40));
+    }
 
     #[test]
     fn the_last_words_of_a_log_skip_the_backtrace() {

@@ -1,6 +1,6 @@
 //! What the invariants are judged on, read after the load: every key sent again, the
-//! sagas followed until they end (or a deadline), SAGA_EVENTS, the journals of
-//! cancelled sagas that completed, and the participants' ledgers.
+//! sagas followed until they end (or a deadline), SAGA_EVENTS and SAGA_DLQ, the
+//! journals of cancelled sagas, and the participants' ledgers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::HeaderMap;
 use futures::{StreamExt as _, TryStreamExt as _};
 use participants::LedgerEntry;
 use saga_proto::{GetSagaHistoryRequest, GetSagaRequest, ListSagasRequest, SagaState};
@@ -27,6 +28,9 @@ const ORDER_SAGA: &str = "OrderCheckout";
 /// The domain event stream (docs/runtime.md) and the header naming the saga.
 const EVENTS_STREAM: &str = "SAGA_EVENTS";
 const SAGA_ID_HEADER: &str = "Saga-Id";
+/// The dead-letter stream and the header saying why.
+const DLQ_STREAM: &str = "SAGA_DLQ";
+const DLQ_REASON_HEADER: &str = "Saga-Dlq-Reason";
 
 /// Runs `call` until it answers, a refusal comes, or `within` passes.
 async fn retrying<T, F, Fut>(within: Duration, mut call: F) -> Result<T, String>
@@ -216,18 +220,15 @@ pub async fn quiesce(
     }
 }
 
-/// The journal verdict of every saga whose cancel was taken while it ran and that
-/// ended COMPLETED.
+/// Where the journal of every saga whose cancel was taken while it ran has the cancel.
 pub async fn cancel_journals(
     client: &Client,
     orders: &[OrderRecord],
-    sagas: &BTreeMap<String, i32>,
 ) -> BTreeMap<String, Result<CancelJournal, String>> {
     let ids: Vec<String> = orders
         .iter()
         .filter(|r| r.cancel.as_ref().is_some_and(|c| c.on_running_saga()))
         .filter_map(|r| r.saga_id())
-        .filter(|id| sagas.get(*id) == Some(&(SagaState::Completed as i32)))
         .map(str::to_string)
         .collect();
     futures::stream::iter(ids)
@@ -248,20 +249,21 @@ pub async fn cancel_journals(
         .await
 }
 
-/// SAGA_EVENTS from sequence `from` up to its last message now: the events and the
-/// sequence to read from next time.
-async fn read_events(
+/// Subject and headers of every message of `stream` from sequence `from` up to its last
+/// message now, and the sequence to read from next time.
+async fn read_stream(
     js: &async_nats::jetstream::Context,
+    name: &str,
     from: u64,
-) -> Result<(Vec<EventSeen>, u64)> {
+) -> Result<(Vec<(String, Option<HeaderMap>)>, u64)> {
     let mut stream = js
-        .get_stream(EVENTS_STREAM)
+        .get_stream(name)
         .await
-        .with_context(|| format!("stream {EVENTS_STREAM}"))?;
+        .with_context(|| format!("stream {name}"))?;
     let last = stream
         .info()
         .await
-        .with_context(|| format!("info of {EVENTS_STREAM}"))?
+        .with_context(|| format!("info of {name}"))?
         .state
         .last_sequence;
     if last < from {
@@ -275,48 +277,43 @@ async fn read_events(
             ..Default::default()
         })
         .await
-        .with_context(|| format!("an ordered consumer of {EVENTS_STREAM}"))?;
+        .with_context(|| format!("an ordered consumer of {name}"))?;
     let mut messages = consumer
         .messages()
         .await
-        .with_context(|| format!("reading {EVENTS_STREAM}"))?;
+        .with_context(|| format!("reading {name}"))?;
     let mut out = Vec::new();
     loop {
         let m = match tokio::time::timeout(Duration::from_secs(10), messages.try_next()).await {
-            Err(_) => bail!("reading {EVENTS_STREAM}: no message within 10 s (last is {last})"),
-            Ok(Err(e)) => bail!("reading {EVENTS_STREAM}: {e}"),
-            Ok(Ok(None)) => bail!("reading {EVENTS_STREAM}: the consumer ended"),
+            Err(_) => bail!("reading {name}: no message within 10 s (the last is {last})"),
+            Ok(Err(e)) => bail!("reading {name}: {e}"),
+            Ok(Ok(None)) => bail!("reading {name}: the consumer ended"),
             Ok(Ok(Some(m))) => m,
         };
         let seq = m
             .info()
-            .map_err(|e| anyhow::anyhow!("metadata of an event: {e}"))?
+            .map_err(|e| anyhow::anyhow!("metadata of a message of {name}: {e}"))?
             .stream_sequence;
-        out.push(EventSeen {
-            subject: m.subject.to_string(),
-            saga_id: m
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(SAGA_ID_HEADER))
-                .map(|v| v.as_str().to_string()),
-        });
+        out.push((m.subject.to_string(), m.headers.clone()));
         if seq >= last {
             return Ok((out, last + 1));
         }
     }
 }
 
+fn header(h: &Option<HeaderMap>, name: &str) -> Option<String> {
+    h.as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str().to_string())
+}
+
 /// Reads SAGA_EVENTS until every COMPLETED and COMPENSATED saga has an event (their
 /// relay may trail the journal by a moment), or `within` passes; then every event.
 pub async fn events(
-    nats_url: &str,
+    js: &async_nats::jetstream::Context,
     sagas: &BTreeMap<String, i32>,
     within: Duration,
 ) -> Result<Vec<EventSeen>> {
-    let client = async_nats::connect(nats_url)
-        .await
-        .with_context(|| format!("connecting to NATS at {nats_url}"))?;
-    let js = async_nats::jetstream::new(client);
     let deadline = Instant::now() + within;
     let mut all = Vec::new();
     let mut next = 1;
@@ -326,19 +323,40 @@ pub async fn events(
         .map(|(id, _)| id.as_str())
         .collect();
     loop {
-        let (new, from) = read_events(&js, next).await?;
+        let (new, from) = read_stream(js, EVENTS_STREAM, next).await?;
         next = from;
-        for e in &new {
-            if let Some(id) = &e.saga_id {
+        for (subject, headers) in new {
+            let saga_id = header(&headers, SAGA_ID_HEADER);
+            if let Some(id) = &saga_id {
                 waiting.remove(id.as_str());
             }
+            all.push(EventSeen { subject, saga_id });
         }
-        all.extend(new);
         if waiting.is_empty() || Instant::now() >= deadline {
             return Ok(all);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The dead letters of the run, by reason (`Saga-Dlq-Reason`, saga ids made `<id>`),
+/// with the saga of the first of each.
+pub async fn dead_letters(
+    js: &async_nats::jetstream::Context,
+) -> Result<BTreeMap<String, (u64, String)>> {
+    let (all, _) = read_stream(js, DLQ_STREAM, 1).await?;
+    let mut out: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    for (subject, headers) in all {
+        let saga = header(&headers, SAGA_ID_HEADER).unwrap_or_default();
+        let mut reason = header(&headers, DLQ_REASON_HEADER)
+            .unwrap_or_else(|| format!("(no reason; {subject})"));
+        if !saga.is_empty() {
+            reason = reason.replace(&saga, "<id>");
+        }
+        let e = out.entry(reason).or_insert((0, saga));
+        e.0 += 1;
+    }
+    Ok(out)
 }
 
 /// The ledger of a stopped participant.

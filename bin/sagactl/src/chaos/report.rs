@@ -13,6 +13,7 @@ use super::faults::{FaultRecord, UnexpectedExit};
 use super::load::{Ack, OrderRecord};
 use crate::args::FaultKind;
 use crate::render::{state_name, Table};
+use saga_proto::SagaState;
 
 /// Everything the report says.
 #[derive(Debug)]
@@ -37,6 +38,8 @@ pub struct Report {
     pub quiescence_error: Option<String>,
     /// Sagas by final state.
     pub states: BTreeMap<String, u64>,
+    /// SAGA_DLQ by reason: how many, and the saga of the first (or why it was not read).
+    pub dead_letters: Result<BTreeMap<String, (u64, String)>, String>,
     pub verdicts: Vec<Verdict>,
     pub exits: Vec<UnexpectedExit>,
 }
@@ -58,9 +61,36 @@ impl Report {
         c
     }
 
-    /// From the load's last answer to quiescence (the faults may outlast the load).
-    fn after_load(&self) -> Duration {
-        self.faults_over_at.saturating_sub(self.load_took) + self.quiescence_took
+    /// What the cancels met: sent, answered OK, the saga PENDING/RUNNING per GetSaga just
+    /// before, and per CancelSaga's answer (the state the invariant goes by).
+    fn cancels(&self) -> Value {
+        let running = |s: Option<i32>| {
+            matches!(
+                s.map(SagaState::try_from),
+                Some(Ok(SagaState::Pending | SagaState::Running))
+            )
+        };
+        let cancels: Vec<_> = self
+            .records
+            .iter()
+            .filter_map(|r| r.cancel.as_ref())
+            .collect();
+        json!({
+            "sent": cancels.len(),
+            "answeredOk": cancels.iter().filter(|c| c.answered.is_ok()).count(),
+            "runningPerGetSagaBefore": cancels.iter().filter(|c| running(c.state_before)).count(),
+            "runningPerCancelAnswer": cancels.iter().filter(|c| c.on_running_saga()).count(),
+            "errors": cancels
+                .iter()
+                .filter_map(|c| c.answered.as_ref().err())
+                .take(10)
+                .collect::<Vec<_>>(),
+        })
+    }
+
+    /// From the start of the load to quiescence (or to the deadline).
+    fn settled_at(&self) -> Duration {
+        self.load_took.max(self.faults_over_at) + self.quiescence_took
     }
 
     fn retries(&self) -> u64 {
@@ -105,9 +135,16 @@ impl Report {
         let failed = self.faults.iter().filter(|f| f.error.is_some()).count();
         let _ = writeln!(
             s,
-            "faults      {} of {} injected ({failed} failed to inject), the last over at {:.1} s",
+            "faults      {} of {} injected ({failed} failed to inject), the first at {:.1} s, \
+             the last over at {:.1} s",
             self.faults.len(),
             self.faults_planned,
+            self.faults
+                .iter()
+                .map(|f| f.at)
+                .min()
+                .unwrap_or_default()
+                .as_secs_f64(),
             self.faults_over_at.as_secs_f64()
         );
         let mut kinds = Table::new(&["  fault", "injected", "failed"]);
@@ -121,10 +158,10 @@ impl Report {
         s.push_str(&kinds.render());
         let settled = if self.quiescence_reached {
             format!(
-                "{:.1} s after the last fault, {:.1} s after the load's last answer: every \
-                 saga terminal",
+                "{:.1} s after the load and the faults were over: every saga terminal at \
+                 {:.1} s",
                 self.quiescence_took.as_secs_f64(),
-                self.after_load().as_secs_f64()
+                self.settled_at().as_secs_f64()
             )
         } else {
             format!(
@@ -146,6 +183,16 @@ impl Report {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        let dead = match &self.dead_letters {
+            Ok(d) if d.is_empty() => "none".to_string(),
+            Ok(d) => d
+                .iter()
+                .map(|(why, (n, saga))| format!("{n} x {why} (e.g. saga {saga})"))
+                .collect::<Vec<_>>()
+                .join("; "),
+            Err(e) => format!("not read: {e}"),
+        };
+        let _ = writeln!(s, "dead letters {dead}");
         s.push('\n');
         let mut t = Table::new(&["invariant", "count", "result"]);
         for v in &self.verdicts {
@@ -169,8 +216,8 @@ impl Report {
                 e.name,
                 e.at.as_secs_f64(),
                 e.status,
-                if e.nats_down {
-                    ", nats-server was down"
+                if e.during_nats_outage {
+                    ", around a nats-server outage"
                 } else {
                     ""
                 },
@@ -223,7 +270,7 @@ impl Report {
                 "neverAcknowledgedSamples": never_samples,
                 "refused": refused,
                 "retries": self.retries(),
-                "cancelsSent": self.records.iter().filter(|r| r.cancel.is_some()).count(),
+                "cancels": self.cancels(),
                 "declinedCustomers": self.records.iter().filter(|r| r.plan.declined).count(),
             },
             "faults": {
@@ -239,6 +286,7 @@ impl Report {
                     "target": f.target,
                     "pid": f.pid,
                     "atSecs": f.at.as_secs_f64(),
+                    "overAtSecs": f.over_at.as_secs_f64(),
                     "holdSecs": f.planned.hold.as_secs_f64(),
                     "error": f.error,
                 })).collect::<Vec<_>>(),
@@ -246,11 +294,17 @@ impl Report {
             "quiescence": {
                 "reached": self.quiescence_reached,
                 "secs": self.quiescence_took.as_secs_f64(),
-                "secsAfterLoad": self.after_load().as_secs_f64(),
+                "settledAtSecs": self.settled_at().as_secs_f64(),
                 "timeoutSecs": self.quiescence_timeout.as_secs_f64(),
                 "lastError": self.quiescence_error,
             },
             "sagas": self.states,
+            "deadLetters": match &self.dead_letters {
+                Ok(d) => json!(d.iter().map(|(why, (n, saga))| json!({
+                    "reason": why, "count": n, "firstSaga": saga,
+                })).collect::<Vec<_>>()),
+                Err(e) => json!({ "error": e }),
+            },
             "invariants": self.verdicts.iter().map(|v| json!({
                 "name": v.name,
                 "count": v.count,
@@ -261,7 +315,7 @@ impl Report {
                 "name": e.name,
                 "status": e.status,
                 "atSecs": e.at.as_secs_f64(),
-                "natsDown": e.nats_down,
+                "duringNatsOutage": e.during_nats_outage,
             })).collect::<Vec<_>>(),
         })
     }
