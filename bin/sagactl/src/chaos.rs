@@ -240,7 +240,7 @@ async fn chaos(
         outages,
     )));
     let progress = Arc::new(load::Progress::default());
-    let _ticker = Aborting(tokio::spawn({
+    let ticker = Aborting(tokio::spawn({
         let progress = progress.clone();
         let n = a.orders;
         async move {
@@ -269,7 +269,7 @@ async fn chaos(
     )
     .await?;
     let load_took = t0.elapsed();
-    drop(_ticker);
+    drop(ticker);
     voice.line(format_args!(
         "load done in {:.1} s; waiting for the remaining faults",
         load_took.as_secs_f64()
