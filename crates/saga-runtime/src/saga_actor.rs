@@ -319,12 +319,29 @@ impl SagaActorState {
         }
         if self.stored.is_none() {
             if !matches!(input, Input::Start { .. }) {
-                return self
-                    .reject(
-                        delivery,
-                        &format!("no saga `{}` has been started", self.saga_id),
-                    )
-                    .await;
+                // Its start may still be on its way (redelivered after this input, or
+                // being journalled by the previous owner of the partition): try again
+                // later, and give up only after the input's attempts are spent.
+                self.ctx.limits.failed(&self.saga_id, &input_id);
+                let tries = failures + 1;
+                if tries >= self.ctx.config.max_deliver {
+                    self.ctx.limits.settled(&self.saga_id, &input_id);
+                    return self
+                        .reject(
+                            delivery,
+                            &format!(
+                                "no saga `{}` has been started (looked {tries} times)",
+                                self.saga_id
+                            ),
+                        )
+                        .await;
+                }
+                let delay = Duration::from_secs(1 << tries.min(5));
+                debug!(saga_id = %self.saga_id, input = %input_id, ?delay, "input for a saga not started yet: trying again later");
+                if let Some(d) = delivery {
+                    let _ = d.acker.nak(Some(delay)).await;
+                }
+                return Ok(());
             }
             let def = self.def.as_ref().expect("checked above");
             self.stored = Some(StoredSaga {

@@ -658,3 +658,41 @@ async fn a_failed_takeover_holds_nothing_and_the_next_one_resumes_the_open_sagas
     }
     worker.shutdown(Duration::from_secs(1)).await;
 }
+
+/// A cancel that overtakes its saga's start (the start redelivered after it, or still
+/// being journalled by the partition's previous owner) is tried again, not lost.
+#[tokio::test]
+async fn a_cancel_that_overtakes_its_start_is_applied_once_the_start_is() {
+    let (rig, consumer) = rig(Arc::new(MemoryStore::default()));
+    let worker = Worker::start(rig.ctx.clone(), vec![(0, Box::new(consumer))])
+        .await
+        .unwrap();
+    let id = SagaId::parse("c-1").unwrap();
+    let cancel = cancel_message("OrderCheckout", &id, "too slow", 1);
+    let seq = rig.feed.deliver(
+        &cancel.subject,
+        cancel.headers.clone(),
+        cancel.payload.clone(),
+    );
+    wait_for("the early cancel handed back", || {
+        rig.feed
+            .settled()
+            .iter()
+            .any(|(s, st)| *s == seq && matches!(st, Settled::Nak(Some(_))))
+    })
+    .await;
+    assert!(rig.publisher.on("dlq.").is_empty(), "not dead-lettered");
+    rig.start("c-1");
+    wait_for("the first command", || {
+        !rig.publisher.on("saga.cmd.").is_empty()
+    })
+    .await;
+    rig.feed
+        .redeliver(seq, &cancel.subject, cancel.headers, cancel.payload, 2);
+    assert_eq!(
+        rig.run_until_terminal("c-1", &ok).await,
+        SagaStatus::Compensated
+    );
+    assert!(rig.journal_inputs("c-1").contains(&"cancel".to_string()));
+    worker.shutdown(Duration::from_secs(1)).await;
+}

@@ -56,6 +56,9 @@ pub enum CancelJournal {
     Journalled,
     /// Journalled after the transition to COMPLETED (and ignored): it completed first.
     CompletedFirst,
+    /// Journalled while the saga ran its step that cannot be undone (past the point of
+    /// no return: the cancel is ignored and the step left to finish), then completed.
+    PastPointOfNoReturn,
     /// Journalled while the saga still ran, yet it completed.
     CancelWhileRunning,
     /// Not in the journal at all: the cancel was lost.
@@ -70,19 +73,23 @@ pub fn cancel_journal(events: &[JournalEvent]) -> CancelJournal {
         .iter()
         .find(|e| e.state == SagaState::Completed as i32)
         .map(|e| e.version);
-    let cancel = sorted
-        .iter()
-        .find(|e| {
-            matches!(
-                e.input.as_ref().and_then(|i| i.kind.as_ref()),
-                Some(journal_input::Kind::Cancel(_))
-            )
+    let cancel = sorted.iter().find(|e| {
+        matches!(
+            e.input.as_ref().and_then(|i| i.kind.as_ref()),
+            Some(journal_input::Kind::Cancel(_))
+        )
+    });
+    let past_no_return = cancel.is_some_and(|e| {
+        e.events.iter().any(|t| {
+            t.kind == saga_proto::TransitionEventKind::InputIgnored as i32
+                && t.reason.contains("cannot be undone")
         })
-        .map(|e| e.version);
-    match (completed, cancel) {
+    });
+    match (completed, cancel.map(|e| e.version)) {
         (_, None) => CancelJournal::NoCancel,
         (None, Some(_)) => CancelJournal::Journalled,
         (Some(done), Some(c)) if c > done => CancelJournal::CompletedFirst,
+        (Some(_), Some(_)) if past_no_return => CancelJournal::PastPointOfNoReturn,
         (Some(_), Some(_)) => CancelJournal::CancelWhileRunning,
     }
 }
@@ -389,7 +396,8 @@ fn one_event(o: &Observed) -> Verdict {
 
 /// A cancel that answered OK on a PENDING or RUNNING saga: the saga COMPENSATED, or
 /// COMPLETED before the cancel reached it (its journal has the cancel after the
-/// completion). A compensated saga whose journal lacks the cancel compensated for
+/// completion, or the cancel reached it while it ran its step that cannot be undone,
+/// which is left to finish). A compensated saga whose journal lacks the cancel compensated for
 /// another reason: it counts as honoured, and the count says how many lost their cancel.
 fn cancel_honoured(o: &Observed) -> Verdict {
     let mut problems = Vec::new();
@@ -420,7 +428,12 @@ fn cancel_honoured(o: &Observed) -> Verdict {
                 lost += u32::from(matches!(journal, Some(Ok(CancelJournal::NoCancel))));
             }
             Some(Ok(SagaState::Completed))
-                if matches!(journal, Some(Ok(CancelJournal::CompletedFirst))) =>
+                if matches!(
+                    journal,
+                    Some(Ok(
+                        CancelJournal::CompletedFirst | CancelJournal::PastPointOfNoReturn
+                    ))
+                ) =>
             {
                 first += 1
             }
@@ -432,7 +445,7 @@ fn cancel_honoured(o: &Observed) -> Verdict {
         }
     }
     let mut count = format!(
-        "{sent} cancels, {accepted} on running sagas: {compensated} compensated, {first} completed first"
+        "{sent} cancels, {accepted} on running sagas: {compensated} compensated, {first} completed first (or past the point of no return)"
     );
     if lost > 0 {
         count.push_str(&format!(
@@ -706,15 +719,15 @@ mod tests {
         assert!(failed(&o).is_empty());
         assert_eq!(
             evaluate(&o)[5].count,
-            "2 cancels, 1 on running sagas: 1 compensated, 0 completed first"
+            "2 cancels, 1 on running sagas: 1 compensated, 0 completed first (or past the point of no return)"
         );
         o.cancel_journals
             .insert("s2".into(), Ok(CancelJournal::NoCancel));
         assert!(failed(&o).is_empty());
         assert_eq!(
             evaluate(&o)[5].count,
-            "2 cancels, 1 on running sagas: 1 compensated, 0 completed first; 1 compensated \
-             without their cancel in the journal"
+            "2 cancels, 1 on running sagas: 1 compensated, 0 completed first (or past the point \
+             of no return); 1 compensated without their cancel in the journal"
         );
         // FAILED after a cancel: broken, whatever the journal says.
         o.sagas.insert("s2".into(), SagaState::Failed as i32);

@@ -416,6 +416,16 @@ impl Machine<'_> {
                         self.s.steps[i].status,
                         StepStatus::Running | StepStatus::WaitingRetry
                     ) {
+                        if matches!(self.def.steps[i].compensation, Compensation::Missing) {
+                            // Past the point of no return: interrupting a step that
+                            // cannot be undone would leave its outcome unknown and the
+                            // saga FAILED. It is left to finish (its own retries bound
+                            // it); a definite failure still compensates the rest.
+                            let name = self.s.steps[i].name.clone();
+                            return self.ignore(format!(
+                                "{reason}: not acted on, step `{name}` cannot be undone and is left to finish"
+                            ));
+                        }
                         self.disarm_step(i);
                         self.mark_in_doubt(i, reason.clone());
                     }

@@ -463,3 +463,32 @@ fn travel_booking_seed_scenarios_run_the_seed_compensations() {
         );
     }
 }
+
+#[test]
+fn a_cancel_or_the_deadline_during_a_step_that_cannot_be_undone_lets_it_finish() {
+    let def = checkout();
+    let given = vec![start(), ok("ReserveStock", 1), ok("ChargePayment", 1)];
+    let t = SagaTest::new(def.clone())
+        .given(given.clone())
+        .when(Input::Cancel {
+            reason: "changed my mind".into(),
+        })
+        .then_status(SagaStatus::Running)
+        .then_step("ConfirmOrder", StepStatus::Running)
+        .then_commands(&[]);
+    assert!(t.transition().is_ignored(), "{:?}", t.transition().events);
+    let mut later = given.clone();
+    later.push(Input::Cancel {
+        reason: "changed my mind".into(),
+    });
+    SagaTest::new(def.clone())
+        .given(later)
+        .when(ok("ConfirmOrder", 1))
+        .then_status(SagaStatus::Completed);
+    let t = SagaTest::new(def)
+        .given(given)
+        .when(fired(TimerKind::Deadline, "", 0))
+        .then_status(SagaStatus::Running)
+        .then_commands(&[]);
+    assert!(t.transition().is_ignored());
+}
