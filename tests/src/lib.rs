@@ -569,3 +569,142 @@ pub fn assert_checkout_ledgers(stack: &Stack, n: u64) {
     );
     assert_eq!(assert_no_double_effect(stack, "orders")["ConfirmOrder"], n);
 }
+
+/// Starts `saga-worker` like [`Stack::worker`], logging JSON at `info` (override with
+/// `RUST_LOG` in `env`) to `<scratch>/<name>.log`, appended; returns the process and the
+/// path of its log. Read the log with [`log_lines`].
+pub fn worker_logged(stack: &Stack, name: &str, env: &[(&str, &str)]) -> (ProcessGuard, PathBuf) {
+    let log_path = stack.dir.path().join(format!("{name}.log"));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .expect("worker log");
+    let mut cmd = Command::new(binary("saga-worker"));
+    cmd.env("NATS_URL", stack.nats.url())
+        .env("DATA_DIR", stack.data_dir(name))
+        .env("SAGAS_DIR", repo().join("sagas"))
+        .env("PARTITIONS", PARTITIONS.to_string())
+        .env("RUST_LOG", "info")
+        .env("LOG_FORMAT", "json")
+        .stdout(log);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let guard = ProcessGuard::spawn(&mut cmd).expect("spawn saga-worker");
+    (guard, log_path)
+}
+
+/// The JSON log lines of a [`worker_logged`] log whose message is `message`, as their
+/// `fields` objects (the message included).
+pub fn log_lines(log: &Path, message: &str) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v.get("fields").cloned())
+        .filter(|f| f.get("message").and_then(|m| m.as_str()) == Some(message))
+        .collect()
+}
+
+/// The version and state of each saga's last journal record (one direct read per saga,
+/// 32 at a time); `(0, UNSPECIFIED)` for a saga without a record.
+pub async fn last_records(
+    js: &async_nats::jetstream::Context,
+    saga_type: &str,
+    ids: &[String],
+) -> Vec<(u64, pb::SagaState)> {
+    use futures::StreamExt;
+    let journal = NatsJournal::new(js.clone());
+    futures::stream::iter(ids)
+        .map(|id| {
+            let journal = journal.clone();
+            async move {
+                match journal.last(saga_type, id).await {
+                    Ok(Some(r)) => {
+                        let e = pb::JournalEvent::decode(r.payload.as_slice()).expect("record");
+                        (e.version, e.state())
+                    }
+                    _ => (0, pb::SagaState::Unspecified),
+                }
+            }
+        })
+        .buffered(32)
+        .collect()
+        .await
+}
+
+/// How many messages each subject matching `filter` holds in `stream`.
+pub async fn subject_counts(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    filter: &str,
+) -> std::collections::BTreeMap<String, usize> {
+    use futures::TryStreamExt;
+    let stream = js.get_stream(stream).await.expect("stream");
+    stream
+        .info_with_subjects(filter)
+        .await
+        .expect("stream info")
+        .try_collect()
+        .await
+        .expect("subjects")
+}
+
+/// Whether a saga state is terminal.
+pub fn is_terminal(s: pb::SagaState) -> bool {
+    matches!(
+        s,
+        pb::SagaState::Completed | pb::SagaState::Compensated | pb::SagaState::Failed
+    )
+}
+
+/// Like [`wait_terminal`] for many sagas: polls the last journal record of each (one
+/// direct read, not a replay); returns the final `(version, state)` of each.
+pub async fn wait_terminal_many(
+    js: &async_nats::jetstream::Context,
+    saga_type: &str,
+    ids: &[String],
+    within: Duration,
+) -> Vec<(u64, pb::SagaState)> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let last = last_records(js, saga_type, ids).await;
+        let open: Vec<&String> = ids
+            .iter()
+            .zip(&last)
+            .filter(|(_, (_, s))| !is_terminal(*s))
+            .map(|(id, _)| id)
+            .collect();
+        if open.is_empty() {
+            return last;
+        }
+        if tokio::time::Instant::now() > deadline {
+            eprintln!("{}", diagnostics(js).await);
+            let log = event_log(&journal(js, saga_type, open[0]).await);
+            panic!(
+                "{} of {} saga(s) not terminal after {within:?}, e.g. {}: {log:#?}",
+                open.len(),
+                ids.len(),
+                open[0]
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Waits until `condition` (async) holds, polling every 100 ms; panics with `what` after
+/// `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {within:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
