@@ -374,6 +374,77 @@ fn skewed_clock() -> [(&'static str, &'static str); 2] {
     ]
 }
 
+/// F16, in the timers: a saga taken over by a worker whose clock runs 20 s ahead keeps
+/// its step timeout (its persisted deadline is not read against another machine's wall
+/// clock): a payment answered in 6 s of a 10 s timeout does not time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_taken_over_by_a_worker_whose_clock_runs_ahead_keeps_its_timeouts() {
+    let _turn = one_at_a_time().await;
+    let skewed = skewed_clock();
+    let stack = Stack::new();
+    let mut ps = vec![
+        stack.participant("inventory", "inventory", &[]),
+        stack.participant("payment", "payment", &["--latency-ms", "6000"]),
+        stack.participant("orders", "orders", &[]),
+    ];
+    let (mut a, _) = cluster_worker(&stack, "a", &[]);
+    let js = stack.js().await;
+    eventually(Duration::from_secs(30), "a holds every partition", || {
+        let js = js.clone();
+        async move { counts(&js).await == split(&[("a", 4)]) }
+    })
+    .await;
+    let (mut b, _) = cluster_worker(&stack, "b", &skewed);
+    eventually(
+        Duration::from_secs(30),
+        "a and b split the partitions",
+        || {
+            let js = js.clone();
+            async move { counts(&js).await == split(&[("a", 2), ("b", 2)]) }
+        },
+    )
+    .await;
+    let on_a = shares(&js).await["a"].clone();
+    let id = (0..)
+        .map(|i| format!("handed-{i}"))
+        .find(|id| on_a.contains(&partition_of(&SagaId::parse(id).unwrap(), PARTITIONS)))
+        .unwrap();
+    start_saga(&js, SAGA, &id, order(&id, "ida", &[("sku-1", 1, 300)])).await;
+    eventually(
+        Duration::from_secs(30),
+        "the saga waits in ChargePayment",
+        || {
+            let (js, id) = (js.clone(), id.clone());
+            async move {
+                journal(&js, SAGA, &id)
+                    .await
+                    .last()
+                    .is_some_and(|e| e.current_step == "ChargePayment")
+            }
+        },
+    )
+    .await;
+    // a hands its partitions over to b while the payment is under way.
+    stop(&mut a);
+    let states = wait_terminal(
+        &js,
+        SAGA,
+        std::slice::from_ref(&id),
+        Duration::from_secs(60),
+    )
+    .await;
+    let log = event_log(&journal(&js, SAGA, &id).await);
+    assert_eq!(states, [pb::SagaState::Completed], "{log:#?}");
+    assert!(
+        !log.iter().any(|e| e.starts_with("STEP_TIMED_OUT")),
+        "a step answered within its timeout timed out after the takeover: {log:#?}"
+    );
+    stop(&mut b);
+    for p in &mut ps {
+        stop(p);
+    }
+}
+
 /// A program on PATH.
 fn on_path(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
