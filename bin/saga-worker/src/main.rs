@@ -120,7 +120,10 @@ async fn run(args: Args) -> Result<()> {
         }
         None => store.worker_id().to_string(),
     };
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    // Persisted deadlines are stamped on the broker's time base, measured from the
+    // heartbeats: a takeover by a worker whose clock is off keeps the saga's timeouts.
+    let broker_clock = Arc::new(saga_nats::BrokerClock::new());
+    let clock: Arc<dyn Clock> = broker_clock.clone();
     let config = RuntimeConfig {
         partitions: args.partitions,
         worker_id: worker_id.clone(),
@@ -151,7 +154,8 @@ async fn run(args: Args) -> Result<()> {
         },
     )
     .await
-    .context("joining the cluster")?;
+    .context("joining the cluster")?
+    .with_clock(broker_clock);
     info!(%worker_id, partitions = args.partitions, nats = %args.nats_url, lease_ttl = ?ttl, "saga-worker running");
 
     let grace = Duration::from_secs(args.shutdown_grace_secs);

@@ -201,6 +201,7 @@ pub struct Leases {
     held: BTreeMap<u32, (u64, Instant)>,
     releasing: BTreeMap<u32, u64>,
     observer: Observer,
+    clock: Option<std::sync::Arc<crate::BrokerClock>>,
 }
 
 fn key(p: u32) -> String {
@@ -260,7 +261,14 @@ impl Leases {
             held: BTreeMap::new(),
             releasing: BTreeMap::new(),
             observer: Observer::default(),
+            clock: None,
         })
+    }
+
+    /// Measures the broker's clock from every heartbeat into `clock`.
+    pub fn with_clock(mut self, clock: std::sync::Arc<crate::BrokerClock>) -> Self {
+        self.clock = Some(clock);
+        self
     }
 
     /// The settings.
@@ -296,6 +304,7 @@ impl Leases {
             heartbeat_ms: wall_ms(),
             partitions: self.held(),
         };
+        let sent = wall_ms();
         if let Err(e) = self
             .workers
             .put(
@@ -306,6 +315,15 @@ impl Leases {
         {
             tracing::warn!(error = %e, "worker heartbeat failed");
             return events;
+        }
+        let acked = wall_ms();
+        if let Some(clock) = &self.clock {
+            if let Ok(Some(e)) = self.workers.entry(&self.settings.worker_id).await {
+                let stamped = e.created.unix_timestamp_nanos() / 1_000_000;
+                if stamped > 0 {
+                    clock.sample(sent, acked, stamped as u64);
+                }
+            }
         }
         let Ok(live) = self.live_workers().await else {
             return events;
@@ -370,8 +388,26 @@ impl Leases {
                     self.held.insert(p, (new_rev, sent + self.settings.ttl));
                 }
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                    tracing::warn!(partition = p, "lease taken over by another worker");
-                    events.push(LeaseEvent::Lost(p));
+                    // A renewal whose answer was lost (a reconnect) moved the revision
+                    // on: the lease may still be ours.
+                    match self.owners.entry(key(p)).await {
+                        Ok(Some(entry))
+                            if entry.operation == kv::Operation::Put
+                                && serde_json::from_slice::<Lease>(&entry.value)
+                                    .is_ok_and(|l| l.worker == self.settings.worker_id)
+                                && Instant::now() < deadline =>
+                        {
+                            tracing::info!(
+                                partition = p,
+                                "lease renewed by an earlier attempt; keeping it"
+                            );
+                            self.held.insert(p, (entry.revision, deadline));
+                        }
+                        _ => {
+                            tracing::warn!(partition = p, "lease taken over by another worker");
+                            events.push(LeaseEvent::Lost(p));
+                        }
+                    }
                 }
                 Err(e) if Instant::now() < deadline => {
                     tracing::warn!(partition = p, error = %e, "lease renewal failed; retrying");

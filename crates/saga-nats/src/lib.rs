@@ -18,6 +18,7 @@
 //! It must not depend on the saga runtime, the local store or an actor framework: the
 //! runtime depends on the ports, and binaries wire this crate in.
 
+mod clock;
 mod connect;
 mod consumer;
 mod dlq;
@@ -30,6 +31,7 @@ mod open;
 mod provision;
 mod publisher;
 
+pub use clock::BrokerClock;
 pub use connect::{connect, connect_as, DEFAULT_CONNECTION_NAME};
 pub use consumer::{NatsAcker, NatsConsumer};
 pub use dlq::dead_letter;
