@@ -38,7 +38,7 @@ impl BrokerClock {
         let best = self.best_rtt_ms.load(Ordering::Relaxed);
         // Every 64 samples the best round trip is forgotten, so the offset follows a
         // clock that is stepped or drifts.
-        if rtt <= best || n % 64 == 0 {
+        if rtt <= best || n.is_multiple_of(64) {
             let midpoint = sent + rtt / 2;
             let offset = stamped as i64 - midpoint as i64;
             self.offset_ms.store(offset, Ordering::Relaxed);
