@@ -51,6 +51,9 @@ struct Args {
     /// Sagas restored from the journal at the same time (takeover, restarts).
     #[arg(long, env = "MAX_CONCURRENT_RESTORES", default_value_t = 32)]
     max_concurrent_restores: usize,
+    /// Saga actors alive at once; past it, new starts wait in the stream.
+    #[arg(long, env = "MAX_LIVE_SAGAS", default_value_t = 4096)]
+    max_live_sagas: usize,
     /// This worker's id in the cluster (default: a random id kept in the data dir).
     #[arg(long, env = "WORKER_ID")]
     worker_id: Option<String>,
@@ -130,6 +133,7 @@ async fn run(args: Args) -> Result<()> {
         max_deliver: args.input_max_deliver.max(1),
         max_in_flight: args.max_in_flight.max(1),
         max_concurrent_restores: args.max_concurrent_restores.max(1),
+        max_live_sagas: args.max_live_sagas.max(1),
         ..RuntimeConfig::default()
     };
     let ctx = Context {

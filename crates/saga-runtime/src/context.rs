@@ -31,6 +31,9 @@ pub struct RuntimeConfig {
     pub max_in_flight: usize,
     /// Sagas restored from the journal at the same time, per worker.
     pub max_concurrent_restores: usize,
+    /// Saga actors alive at once, per worker: past it, new starts wait in the stream
+    /// (admission control) while running sagas go on.
+    pub max_live_sagas: usize,
     /// How long a relay keeps retrying an unavailable broker before the actor fails
     /// (and is restarted by its supervisor).
     pub relay_patience: Duration,
@@ -54,6 +57,7 @@ impl Default for RuntimeConfig {
             sweep_interval: Duration::from_secs(30),
             max_in_flight: 1024,
             max_concurrent_restores: 32,
+            max_live_sagas: 4096,
             relay_patience: Duration::from_secs(30),
             batch_size: 128,
             max_deliver: 10,

@@ -128,6 +128,19 @@ impl Actor for SagaSupervisor {
                     }
                     return Ok(());
                 }
+                if matches!(input, Input::Start { .. })
+                    && !st.children.contains_key(&saga_id)
+                    && st.children.len() >= st.ctx.config.max_live_sagas
+                {
+                    // Admission control: the sagas already running keep their replies
+                    // flowing (and their step timeouts met) instead of a flood of new
+                    // ones queueing in front of them. The start waits in the stream;
+                    // this costs no attempt.
+                    if let Some(d) = &delivery {
+                        let _ = d.acker.nak(Some(Duration::from_secs(1))).await;
+                    }
+                    return Ok(());
+                }
                 let mut msg = SagaMsg::Input {
                     input,
                     delivery,

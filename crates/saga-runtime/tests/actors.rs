@@ -696,3 +696,45 @@ async fn a_cancel_that_overtakes_its_start_is_applied_once_the_start_is() {
     assert!(rig.journal_inputs("c-1").contains(&"cancel".to_string()));
     worker.shutdown(Duration::from_secs(1)).await;
 }
+
+/// Admission control: past `max_live_sagas`, a new start waits in the stream (handed
+/// back, no attempt counted) while the running saga goes on.
+#[tokio::test]
+async fn past_the_live_saga_limit_new_starts_wait_and_running_sagas_go_on() {
+    let (mut rig, consumer) = rig(Arc::new(MemoryStore::default()));
+    rig.ctx.config.max_live_sagas = 1;
+    let worker = Worker::start(rig.ctx.clone(), vec![(0, Box::new(consumer))])
+        .await
+        .unwrap();
+    rig.start("l-1");
+    wait_for("the first saga's command", || {
+        !rig.publisher.on("saga.cmd.").is_empty()
+    })
+    .await;
+    let seq = rig.start("l-2");
+    wait_for("the second start handed back", || {
+        rig.feed
+            .settled()
+            .contains(&(seq, Settled::Nak(Some(Duration::from_secs(1)))))
+    })
+    .await;
+    assert_eq!(rig.journal_versions("l-2"), Vec::<u64>::new());
+    assert_eq!(
+        rig.run_until_terminal("l-1", &ok).await,
+        SagaStatus::Completed
+    );
+    // Once the first has ended and stopped, the start comes again and runs.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while worker.live_sagas().await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "l-1 never stopped");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let id = SagaId::parse("l-2").unwrap();
+    let m = start_message("OrderCheckout", &id, Some(order_payload()), "k", 4, 0);
+    rig.feed.redeliver(seq, &m.subject, m.headers, m.payload, 2);
+    assert_eq!(
+        rig.run_until_terminal("l-2", &ok).await,
+        SagaStatus::Completed
+    );
+    worker.shutdown(Duration::from_secs(1)).await;
+}
