@@ -19,13 +19,19 @@ use saga_testkit::{NatsServer, ProcessGuard};
 /// Partitions used by the tests.
 pub const PARTITIONS: u32 = 4;
 
-/// Path of a binary of this workspace, built next to the test executable.
+/// Path of a binary of this workspace, built next to the test executable (or in
+/// `SAGA_BIN_DIR` when set: to run a scenario against a release build, or another
+/// version's binaries for a comparison).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
-    let dir = exe
+    let built = exe
         .parent()
         .and_then(Path::parent)
-        .expect("target/<profile>/deps");
+        .expect("target/<profile>/deps")
+        .to_path_buf();
+    let dir = std::env::var_os("SAGA_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or(built);
     let path = dir.join(name);
     assert!(
         path.exists(),

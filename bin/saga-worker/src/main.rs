@@ -52,7 +52,7 @@ struct Args {
     #[arg(long, env = "MAX_CONCURRENT_RESTORES", default_value_t = 32)]
     max_concurrent_restores: usize,
     /// Saga actors alive at once; past it, new starts wait in the stream.
-    #[arg(long, env = "MAX_LIVE_SAGAS", default_value_t = 4096)]
+    #[arg(long, env = "MAX_LIVE_SAGAS", default_value_t = 16_384)]
     max_live_sagas: usize,
     /// This worker's id in the cluster (default: a random id kept in the data dir).
     #[arg(long, env = "WORKER_ID")]

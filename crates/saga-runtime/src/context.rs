@@ -57,7 +57,7 @@ impl Default for RuntimeConfig {
             sweep_interval: Duration::from_secs(30),
             max_in_flight: 1024,
             max_concurrent_restores: 32,
-            max_live_sagas: 4096,
+            max_live_sagas: 16_384,
             relay_patience: Duration::from_secs(30),
             batch_size: 128,
             max_deliver: 10,
