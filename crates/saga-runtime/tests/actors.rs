@@ -147,6 +147,34 @@ impl Rig {
         }
     }
 
+    fn deliver(&self, m: &OutgoingMessage) -> u64 {
+        self.feed
+            .deliver(&m.subject, m.headers.clone(), m.payload.clone())
+    }
+
+    fn redeliver(&self, seq: u64, m: &OutgoingMessage, delivered: u64) {
+        self.feed.redeliver(
+            seq,
+            &m.subject,
+            m.headers.clone(),
+            m.payload.clone(),
+            delivered,
+        )
+    }
+
+    /// Waits until the delivery `seq` was handed back (nak) at least `times` times.
+    async fn handed_back(&self, seq: u64, times: usize) {
+        wait_for("the input handed back", || {
+            self.feed
+                .settled()
+                .iter()
+                .filter(|(s, st)| *s == seq && matches!(st, Settled::Nak(_)))
+                .count()
+                >= times
+        })
+        .await
+    }
+
     async fn journalled_status(&self, id: &str) -> Option<SagaStatus> {
         let last = self.journal.last("OrderCheckout", id).await.unwrap()?;
         let r = decode_record(last.sequence, &last.payload).unwrap();
@@ -465,20 +493,9 @@ async fn a_fenced_transition_leaves_no_mark_and_the_redelivered_cancel_is_applie
 
     let id = SagaId::parse("f-1").unwrap();
     let cancel = cancel_message("OrderCheckout", &id, "changed my mind", 1);
-    let seq = rig.feed.deliver(
-        &cancel.subject,
-        cancel.headers.clone(),
-        cancel.payload.clone(),
-    );
-    wait_for("the fenced cancel handed back", || {
-        rig.feed
-            .settled()
-            .iter()
-            .any(|(s, st)| *s == seq && matches!(st, Settled::Nak(_)))
-    })
-    .await;
-    rig.feed
-        .redeliver(seq, &cancel.subject, cancel.headers, cancel.payload, 2);
+    let seq = rig.deliver(&cancel);
+    rig.handed_back(seq, 1).await;
+    rig.redeliver(seq, &cancel, 2);
     assert_eq!(
         rig.run_until_terminal("f-1", &ok).await,
         SagaStatus::Compensated
@@ -669,26 +686,15 @@ async fn a_cancel_that_overtakes_its_start_is_applied_once_the_start_is() {
         .unwrap();
     let id = SagaId::parse("c-1").unwrap();
     let cancel = cancel_message("OrderCheckout", &id, "too slow", 1);
-    let seq = rig.feed.deliver(
-        &cancel.subject,
-        cancel.headers.clone(),
-        cancel.payload.clone(),
-    );
-    wait_for("the early cancel handed back", || {
-        rig.feed
-            .settled()
-            .iter()
-            .any(|(s, st)| *s == seq && matches!(st, Settled::Nak(Some(_))))
-    })
-    .await;
+    let seq = rig.deliver(&cancel);
+    rig.handed_back(seq, 1).await;
     assert!(rig.publisher.on("dlq.").is_empty(), "not dead-lettered");
     rig.start("c-1");
     wait_for("the first command", || {
         !rig.publisher.on("saga.cmd.").is_empty()
     })
     .await;
-    rig.feed
-        .redeliver(seq, &cancel.subject, cancel.headers, cancel.payload, 2);
+    rig.redeliver(seq, &cancel, 2);
     assert_eq!(
         rig.run_until_terminal("c-1", &ok).await,
         SagaStatus::Compensated
