@@ -80,14 +80,38 @@ impl Worker {
                 let Ok(held) = ractor::call!(supervisor, SupervisorMsg::Held) else {
                     return;
                 };
+                // Open sagas of the local copy, by partition: an index that lost them
+                // (SAGA_OPEN deleted and re-created by an operator) gets them back.
+                let mut local: BTreeMap<u32, Vec<(String, String)>> = BTreeMap::new();
+                match ctx.store.active() {
+                    Ok(active) => {
+                        for s in active.into_iter().filter(|s| !s.state.status.is_terminal()) {
+                            let p = partition_of(&s.state.saga_id, ctx.config.partitions);
+                            local
+                                .entry(p)
+                                .or_default()
+                                .push((s.state.saga_type, s.state.saga_id.to_string()));
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "sweep: reading the local store failed"),
+                }
                 for p in held {
-                    let open = match ctx.open.list(p).await {
+                    let mut open = match ctx.open.list(p).await {
                         Ok(open) => open,
                         Err(e) => {
                             warn!(partition = p, error = %e, "sweep: listing open sagas failed");
                             continue;
                         }
                     };
+                    for (t, id) in local.remove(&p).unwrap_or_default() {
+                        if open.iter().any(|(_, o)| *o == id) {
+                            continue;
+                        }
+                        warn!(partition = p, saga_id = %id, "sweep: an open saga was missing from the open-saga index: entering it again");
+                        if ctx.open.open(p, &t, &id).await.is_ok() {
+                            open.push((t, id));
+                        }
+                    }
                     let open: Vec<(SagaId, String)> = open
                         .into_iter()
                         .filter(|(t, _)| ctx.definitions.contains_key(t))

@@ -744,3 +744,38 @@ async fn past_the_live_saga_limit_new_starts_wait_and_running_sagas_go_on() {
     );
     worker.shutdown(Duration::from_secs(1)).await;
 }
+
+/// An open saga missing from the open-saga index (the stream re-created by an operator)
+/// is entered again by the sweep from the local copy.
+#[tokio::test]
+async fn the_sweep_enters_an_open_saga_missing_from_the_index_again() {
+    let (mut rig, consumer) = rig(Arc::new(MemoryStore::default()));
+    rig.ctx.config.sweep_interval = Duration::from_millis(50);
+    let worker = Worker::start(rig.ctx.clone(), vec![(0, Box::new(consumer))])
+        .await
+        .unwrap();
+    rig.start("w-1");
+    wait_for("the first command", || {
+        !rig.publisher.on("saga.cmd.").is_empty()
+    })
+    .await;
+    let entry = vec![("OrderCheckout".to_string(), "w-1".to_string())];
+    assert_eq!(rig.open.list(0).await.unwrap(), entry);
+    rig.open.close(0, "OrderCheckout", "w-1").await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while rig.open.list(0).await.unwrap() != entry {
+        assert!(tokio::time::Instant::now() < deadline, "not entered again");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        rig.run_until_terminal("w-1", &ok).await,
+        SagaStatus::Completed
+    );
+    // Ended: it leaves the index (a sweep that raced the end removes it again).
+    while !rig.open.list(0).await.unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "still in the index");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(rig.publisher.on("events.orders.OrderConfirmed").len(), 1);
+    worker.shutdown(Duration::from_secs(1)).await;
+}
