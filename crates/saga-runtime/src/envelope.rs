@@ -161,8 +161,9 @@ pub fn command_message(
 }
 
 /// The journal record of one transition, with the input's stable id and the snapshot
-/// that restores the saga from this record alone. The message id names the writer, so
-/// two owners can never pass for each other's retries.
+/// that restores the saga from this record alone. The message id names the writer and
+/// the input, so two owners, or one owner applying two inputs at one version, can never
+/// pass for each other's retries.
 pub fn journal_append(
     state: &SagaState,
     input: &Input,
@@ -187,7 +188,15 @@ pub fn journal_append(
     JournalAppend {
         saga_type: state.saga_type.clone(),
         saga_id: state.saga_id.to_string(),
-        msg_id: format!("journal:{}:{}:{worker_id}", state.saga_id, state.version),
+        // The input's hash too: the same writer applying another input at the same
+        // version (its copy was lost and rebuilt from an older point) must be fenced by
+        // the expected sequence, not taken for a retry by the duplicate window.
+        msg_id: format!(
+            "journal:{}:{}:{worker_id}:{:016x}",
+            state.saga_id,
+            state.version,
+            saga_core::ids::stable_hash(input.id().as_bytes())
+        ),
         payload: record.encode_to_vec(),
     }
 }

@@ -70,6 +70,8 @@ pub struct SagaActorState {
     timers: BTreeMap<TimerKey, JoinHandle<()>>,
     activity: u64,
     resume: bool,
+    /// Set when the last journal append was fenced (the local copy was dropped).
+    fenced: bool,
 }
 
 impl Actor for SagaActor {
@@ -92,6 +94,7 @@ impl Actor for SagaActor {
             timers: BTreeMap::new(),
             activity: 0,
             resume: args.resume,
+            fenced: false,
         })
     }
 
@@ -174,10 +177,16 @@ impl Actor for SagaActor {
                     .is_some_and(|s| s.timers.iter().any(|(k, _)| *k == key));
                 if armed {
                     st.transition(&myself, Input::TimerFired(key)).await?;
-                    st.relay(&myself).await?;
+                    if let Err(e) = st.relay().await {
+                        st.recover_from_fence(&myself, e).await?;
+                    }
                 }
             }
-            SagaMsg::Relay => st.relay(&myself).await?,
+            SagaMsg::Relay => {
+                if let Err(e) = st.relay().await {
+                    st.recover_from_fence(&myself, e).await?;
+                }
+            }
             SagaMsg::IdleCheck(seen) => {
                 if seen + 1 == st.activity && st.is_done()? {
                     debug!(saga_id = %st.saga_id, "terminal and idle: stopping");
@@ -269,7 +278,53 @@ impl SagaActorState {
         })
     }
 
+    /// Applies an input; when the journal append is fenced (another writer moved the
+    /// saga on: a previous owner still finishing, a start redelivered to a worker that
+    /// never had the saga), the saga is restored from the journal here and the input
+    /// tried once more. Failing the actor instead would drop the inputs queued behind
+    /// this one until their ack wait.
     async fn on_input(
+        &mut self,
+        myself: &ActorRef<SagaMsg>,
+        input: Input,
+        delivery: Option<&Delivery>,
+    ) -> Result<(), ActorProcessingErr> {
+        match self.try_input(myself, input.clone(), delivery).await {
+            Err(_) if self.fenced => {
+                self.reload(myself).await?;
+                self.try_input(myself, input, delivery).await
+            }
+            other => other,
+        }
+    }
+
+    /// After a fenced append on a timer or relay: restore and go on; other errors fail.
+    async fn recover_from_fence(
+        &mut self,
+        myself: &ActorRef<SagaMsg>,
+        e: RuntimeError,
+    ) -> Result<(), RuntimeError> {
+        if !self.fenced {
+            return Err(e);
+        }
+        self.reload(myself).await
+    }
+
+    /// Drops what this actor holds and restores the saga from its journal.
+    async fn reload(&mut self, myself: &ActorRef<SagaMsg>) -> Result<(), RuntimeError> {
+        self.fenced = false;
+        for (_, t) in std::mem::take(&mut self.timers) {
+            t.abort();
+        }
+        self.stored = self.restore(true).await?;
+        self.arm_stored_timers(myself);
+        if self.stored.is_some() {
+            self.relay().await?;
+        }
+        Ok(())
+    }
+
+    async fn try_input(
         &mut self,
         myself: &ActorRef<SagaMsg>,
         input: Input,
@@ -285,7 +340,7 @@ impl SagaActorState {
             self.stored = self.restore(false).await?;
             self.arm_stored_timers(myself);
             if self.stored.is_some() {
-                self.relay(myself).await?;
+                self.relay().await?;
             }
         }
         // "Already processed" means "in the journalled state": a transition that was
@@ -297,7 +352,7 @@ impl SagaActorState {
         {
             debug!(saga_id = %self.saga_id, input = %input_id, "redelivered input: already applied");
             // The first delivery may have been applied but not relayed yet.
-            self.relay(myself).await?;
+            self.relay().await?;
             self.ctx.limits.settled(&self.saga_id, &input_id);
             if let Some(d) = delivery {
                 settle_ack(d).await;
@@ -352,7 +407,7 @@ impl SagaActorState {
         }
         self.transition(myself, input).await?;
         self.ctx.fault(FaultPoint::AfterCommit);
-        self.relay(myself).await?;
+        self.relay().await?;
         self.ctx.fault(FaultPoint::AfterPublish);
         self.ctx.limits.settled(&self.saga_id, &input_id);
         if let Some(d) = delivery {
@@ -432,7 +487,7 @@ impl SagaActorState {
     /// Publishes the outbox in order: the open-saga index entry, the journal append
     /// (fenced), commands and events, the index removal. Each entry is removed once
     /// the broker stored it.
-    async fn relay(&mut self, myself: &ActorRef<SagaMsg>) -> Result<(), RuntimeError> {
+    async fn relay(&mut self) -> Result<(), RuntimeError> {
         let id = self.saga_id.to_string();
         for entry in self.ctx.store.outbox(&id)? {
             match &entry.item {
@@ -445,7 +500,29 @@ impl SagaActorState {
                 OutboxItem::Journal(append) => {
                     let expected = self.stored.as_ref().map_or(0, |s| s.journal_sequence);
                     let journal = self.ctx.journal.clone();
-                    match patiently(&self.ctx, || journal.append(append, expected)).await {
+                    let result = match patiently(&self.ctx, || journal.append(append, expected))
+                        .await
+                    {
+                        // A retry recognised by its message id: the saga's journal must
+                        // still end with it, or this actor holds a copy behind it.
+                        Ok(ack) if ack.duplicate => {
+                            match self.ctx.journal.last(&self.saga_type, &id).await? {
+                                Some(last) if last.sequence != ack.sequence => {
+                                    Err(PortError::Fenced {
+                                        subject: format!("saga.journal.{}.{id}", self.saga_type),
+                                        expected,
+                                        detail: format!(
+                                            "our record is {}, the last is {}",
+                                            ack.sequence, last.sequence
+                                        ),
+                                    })
+                                }
+                                _ => Ok(ack),
+                            }
+                        }
+                        other => other,
+                    };
+                    match result {
                         Ok(ack) => {
                             self.ctx
                                 .store
@@ -460,8 +537,8 @@ impl SagaActorState {
                             // restores from the journal and the input is applied again.
                             warn!(saga_id = %id, error = %e, "the journal moved on without this actor: dropping its copy");
                             self.stored = None;
+                            self.fenced = true;
                             self.ctx.store.forget(&id)?;
-                            myself.stop(Some("fenced".into()));
                             return Err(e.into());
                         }
                         Err(e) => return Err(e.into()),
