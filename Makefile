@@ -12,7 +12,6 @@ help: ## list the targets
 setup: ## install what the project needs (pinned nats-server into .tools/, grpcurl for its test)
 	@scripts/install-nats-server.sh
 	@scripts/install-grpcurl.sh >/dev/null
-	@scripts/install-faketime.sh
 
 build: ## build every crate and binary
 	$(CARGO) build --workspace --all-targets
@@ -44,6 +43,7 @@ chaos: setup ## long chaos run on a release stack: 10,000 orders, 50 faults of e
 		--workers $(CHAOS_WORKERS) --faults $(CHAOS_FAULTS) --seed $(CHAOS_SEED)
 
 test: setup ## run every test (unit, property, CLI, end-to-end on a real nats-server)
+	@scripts/install-faketime.sh
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --all-targets --no-fail-fast
 	$(CARGO) test --workspace --doc

@@ -6,9 +6,13 @@ set -euo pipefail
 if command -v faketime >/dev/null 2>&1; then
     exit 0
 fi
-if command -v apt-get >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]]; then
+sudo=""
+if [[ "$(id -u)" != 0 ]] && command -v sudo >/dev/null 2>&1; then
+    sudo="sudo"
+fi
+if command -v apt-get >/dev/null 2>&1 && { [[ "$(id -u)" == 0 ]] || [[ -n "${sudo}" ]]; }; then
     log="$(mktemp)"
-    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime; } >"${log}" 2>&1; then
+    if ! { ${sudo} apt-get update -qq && DEBIAN_FRONTEND=noninteractive ${sudo} apt-get install -y -qq faketime; } >"${log}" 2>&1; then
         cat "${log}" >&2
         rm -f "${log}"
         echo "install-faketime: apt-get install faketime failed" >&2
