@@ -176,7 +176,7 @@ impl Actor for SagaActor {
                     .as_ref()
                     .is_some_and(|s| s.timers.iter().any(|(k, _)| *k == key));
                 if armed {
-                    st.transition(&myself, Input::TimerFired(key)).await?;
+                    st.transition(&myself, &Input::TimerFired(key)).await?;
                     if let Err(e) = st.relay().await {
                         st.recover_from_fence(&myself, e).await?;
                     }
@@ -289,10 +289,10 @@ impl SagaActorState {
         input: Input,
         delivery: Option<&Delivery>,
     ) -> Result<(), ActorProcessingErr> {
-        match self.try_input(myself, input.clone(), delivery).await {
+        match self.try_input(myself, &input, delivery).await {
             Err(_) if self.fenced => {
                 self.reload(myself).await?;
-                self.try_input(myself, input, delivery).await
+                self.try_input(myself, &input, delivery).await
             }
             other => other,
         }
@@ -327,7 +327,7 @@ impl SagaActorState {
     async fn try_input(
         &mut self,
         myself: &ActorRef<SagaMsg>,
-        input: Input,
+        input: &Input,
         delivery: Option<&Delivery>,
     ) -> Result<(), ActorProcessingErr> {
         if self.def.is_none() {
@@ -435,15 +435,15 @@ impl SagaActorState {
     async fn transition(
         &mut self,
         myself: &ActorRef<SagaMsg>,
-        input: Input,
+        input: &Input,
     ) -> Result<(), RuntimeError> {
         let (Some(def), Some(stored)) = (self.def.clone(), self.stored.as_ref()) else {
             return Ok(());
         };
         let now = self.ctx.clock.now();
-        let t = apply(&def, &stored.state, &input, now);
+        let t = apply(&def, &stored.state, input, now);
         let first = stored.state.version == 0;
-        let out = interpret::transition(&self.ctx, &def, &stored.timers, &input, &t, first, now);
+        let out = interpret::transition(&self.ctx, &def, &stored.timers, input, &t, first, now);
         if t.state.status.is_terminal() && !stored.state.status.is_terminal() {
             info!(saga_id = %self.saga_id, saga_type = %self.saga_type, status = %t.state.status, "saga finished");
         }
@@ -456,7 +456,7 @@ impl SagaActorState {
             outbox: out.outbox,
         };
         self.ctx.store.commit(&commit)?;
-        if let Input::TimerFired(key) = &input {
+        if let Input::TimerFired(key) = input {
             self.timers.remove(key);
         }
         let armed: Vec<TimerKey> = commit.saga.timers.iter().map(|(k, _)| k.clone()).collect();
