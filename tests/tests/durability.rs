@@ -75,19 +75,21 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// The `Nats-Msg-Id` of every journal record, with its stream sequence and saga id.
+/// Every journal record as (stream sequence, saga id, writer's worker id from its
+/// `Nats-Msg-Id`).
 async fn journal_writers(js: &async_nats::jetstream::Context) -> Vec<(u64, String, String)> {
     messages(js, "SAGA_JOURNAL", "saga.journal.>")
         .await
         .into_iter()
         .map(|m| {
             let id = m.subject.rsplit('.').next().unwrap_or_default().to_string();
-            let msg_id = m
+            // `journal:<saga_id>:<version>:<worker_id>:<input hash>`: the writer.
+            let writer = m
                 .headers
                 .get("Nats-Msg-Id")
-                .map(|v| v.as_str().to_string())
+                .and_then(|v| v.as_str().split(':').nth(3).map(str::to_string))
                 .unwrap_or_default();
-            (m.sequence, id, msg_id)
+            (m.sequence, id, writer)
         })
         .collect()
 }
@@ -274,7 +276,7 @@ async fn a_failed_takeover_leaves_nothing_running() {
     let written: Vec<(u64, String, String)> = journal_writers(&js).await;
     let zombie: Vec<&(u64, String, String)> = written
         .iter()
-        .filter(|(_, id, msg_id)| msg_id.ends_with(":w2") && foreign(partition(id)))
+        .filter(|(_, id, writer)| writer == "w2" && foreign(partition(id)))
         .collect();
     assert!(
         zombie.is_empty(),
@@ -298,12 +300,19 @@ async fn a_failed_takeover_leaves_nothing_running() {
     .unwrap();
     assert_checkouts_completed_once(&js, &ids).await;
     assert_eq!(counts(&js).await, split(&[("w2", 4)]));
-    let early: Vec<(u64, String, String)> = journal_writers(&js)
-        .await
-        .into_iter()
-        .filter(|(s, id, m)| m.ends_with(":w2") && foreign(partition(id)) && *s <= fence)
+    let written = journal_writers(&js).await;
+    let early: Vec<&(u64, String, String)> = written
+        .iter()
+        .filter(|(s, id, writer)| writer == "w2" && foreign(partition(id)) && *s <= fence)
         .collect();
     assert!(early.is_empty(), "{early:?}");
+    // The writer is read right: after the takeover, w2 does write those journals.
+    assert!(
+        written
+            .iter()
+            .any(|(s, id, writer)| writer == "w2" && foreign(partition(id)) && *s > fence),
+        "no record of w1's partitions by w2 after the takeover"
+    );
     stop(&mut w2);
     for p in &mut ps {
         stop(p);
