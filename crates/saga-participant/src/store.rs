@@ -106,10 +106,33 @@ enum TxAbort {
     Reject(String),
 }
 
+/// How long [`ParticipantStore::open`] waits for a lock that a handle of this process
+/// is releasing.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// sled reports a held directory lock as an `Io` error of kind `Other`.
+fn is_lock_error(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
 impl ParticipantStore {
     /// Opens (or creates) the database in `dir`. Fails when another process holds it.
+    ///
+    /// A handle dropped in this process releases the directory's lock only when sled's
+    /// flusher thread lets go of it, a moment later; a lock held that way is waited
+    /// for (up to [`LOCK_WAIT`]) rather than reported.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, ParticipantError> {
-        Self::from_db(sled::Config::new().path(dir).open()?)
+        let dir = dir.as_ref();
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match sled::Config::new().path(dir).open() {
+                Ok(db) => return Self::from_db(db),
+                Err(e) if is_lock_error(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// A throwaway database (deleted on drop): for tests.
@@ -389,5 +412,30 @@ pub(crate) fn step_reply(
         outcome: Some(outcome),
         service: service.to_string(),
         replied_at: Some(saga_proto::timestamp(now)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_can_be_reopened_right_after_its_handle_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..500u32 {
+            let store = ParticipantStore::open(dir.path()).unwrap();
+            store.db().insert(i.to_be_bytes(), &[]).unwrap();
+            store.db().flush().unwrap();
+        }
+        let store = ParticipantStore::open(dir.path()).unwrap();
+        assert_eq!(store.db().len(), 500);
+    }
+
+    #[test]
+    fn a_directory_held_by_a_live_handle_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = ParticipantStore::open(dir.path()).unwrap();
+        let err = ParticipantStore::open(dir.path()).err().expect("refused");
+        assert!(err.to_string().contains("could not acquire lock"), "{err}");
     }
 }

@@ -72,9 +72,21 @@ impl SledStore {
     /// for tests). Fails with `Corrupted` if the store was written by an incompatible
     /// layout version, and with `Io` if another process or handle holds the directory.
     pub fn open_with(config: sled::Config) -> Result<Self, StoreError> {
-        let db = config
-            .open()
-            .map_err(|e| sled_error("opening the store", e))?;
+        // A handle dropped in this process releases the directory's lock only when
+        // sled's flusher thread lets go of it, a moment later: wait for that briefly.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(sled_error("opening the store", e)),
+            }
+        };
         let tree = |name: &str| {
             db.open_tree(name)
                 .map_err(|e| sled_error(&format!("opening tree `{name}`"), e))
