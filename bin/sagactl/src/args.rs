@@ -49,6 +49,9 @@ pub enum Command {
     /// Run a local stack, load it with orders while killing and pausing its processes
     /// (seeded), then check that nothing was lost or done twice (see docs/reliability.md).
     Chaos(ChaosArgs),
+    /// The event catalog (events/*.yaml): validate it, list, show and draw its events.
+    #[command(subcommand)]
+    Events(crate::events::EventsCommand),
 }
 
 #[derive(Debug, Args)]

@@ -20,6 +20,7 @@ mod client;
 mod cluster;
 mod def;
 mod dev;
+mod events;
 mod json;
 mod output;
 mod projection;
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
             return def::validate(&files, explain)
         }
         Command::Def(DefCommand::Graph { file }) => return def::graph(&file),
+        Command::Events(c) => return events::run(c, json),
         other => other,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -57,7 +59,7 @@ fn main() -> ExitCode {
     let out = Output { json };
     let result = runtime.block_on(async move {
         match command {
-            Command::Def(_) => unreachable!("handled above"),
+            Command::Def(_) | Command::Events(_) => unreachable!("handled above"),
             Command::Order(args::OrderCommand::Place(a)) => sagas::place(&gateway, out, a).await,
             Command::Saga(c) => sagas::run(&gateway, out, c).await,
             Command::Projection(args::ProjectionCommand::Rebuild(a)) => {

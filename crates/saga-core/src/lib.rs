@@ -1,4 +1,4 @@
-//! Pure saga model: YAML saga definitions and their validation, the saga state machine
+//! Pure saga model: YAML saga definitions and the event catalog with their validation, the saga state machine
 //! (`apply(state, input, now) -> effects`), retry/backoff, the circuit-breaker model,
 //! ids and the partition hash, and the `Clock` trait.
 //!
@@ -8,6 +8,7 @@
 
 pub mod breaker;
 mod bytes;
+pub mod catalog;
 pub mod clock;
 pub mod definition;
 pub mod duration;

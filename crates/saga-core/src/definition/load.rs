@@ -161,28 +161,30 @@ const RETRY_KEYS: &[&str] = &["max_attempts", "initial", "multiplier", "max", "j
 const SCENARIO_KEYS: &[&str] = &["scenario", "step", "compensations"];
 const EVENTS_KEYS: &[&str] = &["domain", "completed", "compensated"];
 
+/// The validation context shared by the loaders of this crate (saga definitions, the
+/// event catalog): collects every problem and note of one file.
 #[derive(Default)]
-struct Cx {
-    errors: Vec<DefinitionError>,
-    notes: Vec<Note>,
+pub(crate) struct Cx {
+    pub(crate) errors: Vec<DefinitionError>,
+    pub(crate) notes: Vec<Note>,
 }
 
 impl Cx {
-    fn err(&mut self, location: &str, message: impl Into<String>) {
+    pub(crate) fn err(&mut self, location: &str, message: impl Into<String>) {
         self.errors.push(DefinitionError {
             location: location.to_string(),
             message: message.into(),
         });
     }
 
-    fn note(&mut self, location: &str, message: impl Into<String>) {
+    pub(crate) fn note(&mut self, location: &str, message: impl Into<String>) {
         self.notes.push(Note {
             location: location.to_string(),
             message: message.into(),
         });
     }
 
-    fn map<'v>(&mut self, loc: &str, v: &'v Value, what: &str) -> Option<&'v Mapping> {
+    pub(crate) fn map<'v>(&mut self, loc: &str, v: &'v Value, what: &str) -> Option<&'v Mapping> {
         match v {
             Value::Mapping(m) => Some(m),
             other => {
@@ -192,7 +194,7 @@ impl Cx {
         }
     }
 
-    fn check_keys(&mut self, loc: &str, m: &Mapping, allowed: &[&str]) {
+    pub(crate) fn check_keys(&mut self, loc: &str, m: &Mapping, allowed: &[&str]) {
         for key in m.keys() {
             match key.as_str() {
                 Some(k) if allowed.contains(&k) => {}
@@ -207,7 +209,13 @@ impl Cx {
         }
     }
 
-    fn string(&mut self, loc: &str, m: &Mapping, key: &str, required: bool) -> Option<String> {
+    pub(crate) fn string(
+        &mut self,
+        loc: &str,
+        m: &Mapping,
+        key: &str,
+        required: bool,
+    ) -> Option<String> {
         match m.get(key) {
             None | Some(Value::Null) if required => {
                 self.err(loc, format!("missing `{key}`"));
@@ -229,7 +237,13 @@ impl Cx {
     }
 
     /// A name that ends up as a NATS subject token or in an idempotency key.
-    fn token(&mut self, loc: &str, m: &Mapping, key: &str, required: bool) -> Option<String> {
+    pub(crate) fn token(
+        &mut self,
+        loc: &str,
+        m: &Mapping,
+        key: &str,
+        required: bool,
+    ) -> Option<String> {
         let s = self.string(loc, m, key, required)?;
         if let Some(bad) = s
             .chars()
@@ -247,7 +261,7 @@ impl Cx {
         Some(s)
     }
 
-    fn duration(&mut self, loc: &str, m: &Mapping, key: &str) -> Option<Duration> {
+    pub(crate) fn duration(&mut self, loc: &str, m: &Mapping, key: &str) -> Option<Duration> {
         let text = match m.get(key)? {
             Value::String(s) => s.clone(),
             Value::Number(n) => n.to_string(),
@@ -859,7 +873,7 @@ fn words(s: &str) -> Vec<String> {
 }
 
 /// The closest allowed key, for "did you mean" hints.
-fn suggest<'a>(key: &str, allowed: &[&'a str]) -> Option<&'a str> {
+pub(crate) fn suggest<'a>(key: &str, allowed: &[&'a str]) -> Option<&'a str> {
     let norm = |s: &str| s.replace(['_', '-'], "").to_ascii_lowercase();
     allowed
         .iter()
@@ -890,7 +904,7 @@ fn step_loc(i: usize, name: Option<&str>) -> String {
     }
 }
 
-fn kind(v: &Value) -> &'static str {
+pub(crate) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "nothing",
         Value::Bool(_) => "a boolean",

@@ -2,7 +2,7 @@
 //! compensation plan and the Mermaid drawing.
 
 mod graph;
-mod load;
+pub(crate) mod load;
 mod plan;
 
 use std::time::Duration;
