@@ -8,6 +8,13 @@ mod generated {
     include!(concat!(env!("OUT_DIR"), "/saga.v1.rs"));
 }
 
+/// Event sourcing (`saga.es.v1`): the stored-event envelope, snapshots and the events of
+/// the example aggregates.
+#[allow(missing_docs, clippy::all, missing_debug_implementations)]
+pub mod es {
+    include!(concat!(env!("OUT_DIR"), "/saga.es.v1.rs"));
+}
+
 mod convert;
 
 pub use convert::*;
