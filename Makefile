@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 SAGAS := $(wildcard sagas/*.yaml)
 
-.PHONY: help setup build demo bench chaos test lint fmt clippy check-core-deps ci clean
+.PHONY: help setup build demo playground bench chaos test lint fmt clippy check-core-deps ci clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -24,6 +24,10 @@ demo: setup ## run the whole stack locally with a demo (Ctrl-C stops it)
 	$(CARGO) build --workspace --bins
 	$(CARGO) run -q -p sagactl -- def validate $(SAGAS)
 	target/debug/sagactl dev --demo --nats-port $(NATS_PORT) --grpc-addr $(GRPC_ADDR)
+
+playground: setup ## three workers to watch failover (README "Watch failover"; Ctrl-C stops it)
+	$(CARGO) build --workspace --bins
+	target/debug/sagactl dev --workers 3 --nats-port $(NATS_PORT) --grpc-addr $(GRPC_ADDR)
 
 bench: setup ## sagactl bench against a release stack (see docs/benchmarks.md)
 	$(CARGO) build --release --workspace --bins

@@ -42,7 +42,10 @@ pub enum Command {
     Projection(ProjectionCommand),
     /// Load the stack with orders and report throughput and latency to a terminal state.
     Bench(BenchArgs),
-    /// Run the whole stack locally: nats-server, workers, participants, gateway.
+    /// Run the whole stack locally: nats-server, workers, participants, gateway; children
+    /// that die are restarted. `sagactl dev ps|kill|stop|start|restart|logs` control a
+    /// running one from another terminal.
+    #[command(args_conflicts_with_subcommands = true)]
     Dev(DevArgs),
     /// Live workers, the partitions each holds, and the lag of every partition.
     Cluster(ClusterArgs),
@@ -289,6 +292,86 @@ pub struct DevArgs {
     /// did not end as expected).
     #[arg(long, requires = "demo")]
     pub exit: bool,
+    /// Stop the whole stack, with an error naming it, when a child exits unexpectedly
+    /// (instead of restarting it): for scripts and CI.
+    #[arg(long)]
+    pub exit_on_child_failure: bool,
+    /// A child that exits unexpectedly more than this many times within a minute is
+    /// reported and left down (the rest keeps serving).
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub max_restarts: u32,
+    /// Lease TTL of the workers (LEASE_TTL_MS), in milliseconds: how soon the others
+    /// take over the partitions of a worker that died or froze.
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(300..))]
+    pub lease_ttl_ms: u64,
+    #[command(subcommand)]
+    pub control: Option<DevControl>,
+}
+
+/// Control of a running `sagactl dev` from another terminal (through DATA/control.sock).
+#[derive(Debug, Subcommand)]
+pub enum DevControl {
+    /// The children of the running stack: state, pid, restarts, uptime, address.
+    Ps(DevDir),
+    /// Send a signal to a child (KILL and TERM end it, and it is restarted; STOP
+    /// pauses it, CONT resumes it).
+    Kill {
+        /// Child name, as `sagactl dev ps` shows it (e.g. saga-worker-1).
+        name: String,
+        #[arg(long, short, value_enum, ignore_case = true, default_value_t = DevSignal::Kill)]
+        signal: DevSignal,
+        #[command(flatten)]
+        dir: DevDir,
+    },
+    /// Stop a child (SIGTERM, then SIGKILL after a grace period) and keep it down
+    /// until `start` or `restart`.
+    Stop {
+        name: String,
+        #[command(flatten)]
+        dir: DevDir,
+    },
+    /// Start a child that is down (stopped, or left down after crashing too often).
+    Start {
+        name: String,
+        #[command(flatten)]
+        dir: DevDir,
+    },
+    /// Stop a child cleanly and start it again (with the same data).
+    Restart {
+        name: String,
+        #[command(flatten)]
+        dir: DevDir,
+    },
+    /// Print a child's log (DATA/logs/NAME.log); -f follows it.
+    Logs {
+        name: String,
+        /// Keep printing what is appended (across restarts of the child).
+        #[arg(long, short)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long, short = 'n', value_name = "N")]
+        tail: Option<usize>,
+        #[command(flatten)]
+        dir: DevDir,
+    },
+}
+
+/// Which running stack: the data directory it was started with.
+#[derive(Debug, Clone, Args)]
+pub struct DevDir {
+    /// The data directory of the running `sagactl dev`.
+    #[arg(long, default_value = ".sagas-dev")]
+    pub data_dir: PathBuf,
+}
+
+/// Signals `sagactl dev kill` sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[value(rename_all = "UPPER")]
+pub enum DevSignal {
+    Kill,
+    Term,
+    Stop,
+    Cont,
 }
 
 #[derive(Debug, Args)]

@@ -5,7 +5,12 @@
 //! Every child runs in a process group of its own, so a Ctrl-C in the terminal reaches
 //! sagactl only, which then stops the children in reverse order (SIGTERM, a grace
 //! period, SIGKILL): the gateway first, nats-server last, so nobody loses its broker
-//! while draining. A child that dies on its own stops the stack with an error naming it.
+//! while draining.
+//!
+//! A child that dies on its own is started again after a backoff, with its data kept
+//! (see [`crate::supervise`]); with `--exit-on-child-failure` it stops the stack with
+//! an error naming it instead. `sagactl dev ps|kill|stop|start|restart` reach the
+//! running stack through its control socket (see [`crate::devctl`]).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -17,9 +22,11 @@ use tokio::time::Instant;
 
 use crate::args::DevArgs;
 use crate::client::{rpc_error, Client};
+use crate::devctl;
 use crate::output::{esayln, sayln};
 use crate::render;
 use crate::stack::{port_in_use, Layout, Signals, Stack};
+use crate::supervise::Supervisor;
 use crate::watch::{until_terminal, Follow};
 
 /// The example participants, one process each.
@@ -45,7 +52,7 @@ pub async fn run(a: DevArgs) -> Result<ExitCode> {
             a.grpc_addr
         );
     }
-    let layout = Layout::new(
+    let mut layout = Layout::new(
         &a.stack,
         &PARTICIPANTS,
         &a.data_dir,
@@ -53,7 +60,11 @@ pub async fn run(a: DevArgs) -> Result<ExitCode> {
         a.grpc_addr,
         a.workers,
     )?;
+    layout
+        .worker_env
+        .push(("LEASE_TTL_MS".into(), a.lease_ttl_ms.to_string()));
     let logs = layout.logs();
+    let control = devctl::bind(&layout.data)?;
 
     let mut signals = Signals::new()?;
     let (mut stack, mut exits) = Stack::new(&logs);
@@ -85,9 +96,19 @@ pub async fn run(a: DevArgs) -> Result<ExitCode> {
         "  grpcurl -plaintext -d '{{\"customer_id\":\"alice\",\"items\":[{{\"sku\":\"sku-1\",\"quantity\":1,\"unit_price_cents\":1500}}]}}' {grpc} saga.v1.SagaGateway/PlaceOrder"
     );
     sayln!("  SAGA_GATEWAY=http://{grpc} sagactl saga list");
+    sayln!(
+        "  sagactl cluster --nats-url {nats_url} --lease-ttl-ms {}",
+        a.lease_ttl_ms
+    );
+    let dir = a.data_dir.display();
+    sayln!("  sagactl dev ps --data-dir {dir}    (and kill|stop|start|restart|logs NAME)");
     if !a.exit {
         sayln!("Ctrl-C stops the stack.");
     }
+
+    let (calls_tx, mut calls) = tokio::sync::mpsc::channel(16);
+    let server = tokio::spawn(devctl::serve(control, calls_tx));
+    let (mut supervisor, mut gone) = Supervisor::new(&stack, a.max_restarts);
 
     let demo = async {
         if a.demo {
@@ -99,12 +120,26 @@ pub async fn run(a: DevArgs) -> Result<ExitCode> {
     tokio::pin!(demo);
     let mut demo_done = false;
     let outcome: Result<ExitCode> = loop {
+        let next_restart = supervisor.next_restart();
         tokio::select! {
             name = signals.recv() => {
                 sayln!("{name}: stopping the stack");
                 break Ok(ExitCode::SUCCESS);
             }
-            Some(exit) = exits.recv() => break Err(exit.error()),
+            Some(exit) = exits.recv() => {
+                if a.exit_on_child_failure {
+                    break Err(exit.error());
+                }
+                supervisor.exited(exit, Instant::now());
+            }
+            _ = sleep_until(next_restart), if next_restart.is_some() => {
+                supervisor.restart_due(&mut stack, Instant::now()).await;
+            }
+            Some(call) = calls.recv() => {
+                let answer = supervisor.handle(&mut stack, call.request).await;
+                let _ = call.answer.send(answer);
+            }
+            Some(g) = gone.recv() => supervisor.gone(&mut stack, g).await,
             r = &mut demo, if !demo_done => {
                 demo_done = true;
                 let r = r.unwrap_or_else(|| Err(anyhow!("no demo")));
@@ -122,8 +157,22 @@ pub async fn run(a: DevArgs) -> Result<ExitCode> {
             }
         }
     };
+    server.abort();
+    let _ = std::fs::remove_file(devctl::socket_path(&layout.data));
+    supervisor.finish().await;
+    while let Ok(g) = gone.try_recv() {
+        sayln!("{}", g.line());
+    }
     stack.stop().await;
     outcome
+}
+
+/// Sleeps until `t` (forever without one).
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// One demo order and how it should end.

@@ -20,6 +20,7 @@ mod client;
 mod cluster;
 mod def;
 mod dev;
+mod devctl;
 mod events;
 mod json;
 mod output;
@@ -27,6 +28,7 @@ mod projection;
 mod render;
 mod sagas;
 mod stack;
+mod supervise;
 mod watch;
 
 use args::{Cli, Command, DefCommand};
@@ -66,6 +68,9 @@ fn main() -> ExitCode {
                 projection::rebuild(a).await
             }
             Command::Bench(a) => bench::run(&gateway, out, a).await,
+            Command::Dev(args::DevArgs {
+                control: Some(c), ..
+            }) => devctl::run(out, c).await,
             Command::Dev(a) => dev::run(a).await,
             Command::Cluster(a) => cluster::run(out, a).await,
             Command::Chaos(a) => chaos::run(out, a).await,

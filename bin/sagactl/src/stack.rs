@@ -134,6 +134,8 @@ pub struct Spec {
     pub program: PathBuf,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// What it listens on, for people (`127.0.0.1:4222`).
+    pub listens: Option<String>,
 }
 
 impl Spec {
@@ -143,7 +145,14 @@ impl Spec {
             program: program.to_path_buf(),
             args,
             env: Vec::new(),
+            listens: None,
         }
+    }
+
+    /// Records what the child listens on (shown by `sagactl dev ps`).
+    pub fn listening_on(mut self, addr: impl Into<String>) -> Self {
+        self.listens = Some(addr.into());
+        self
     }
 }
 
@@ -170,6 +179,22 @@ impl Exited {
         match &self.status {
             Ok(s) => s.to_string(),
             Err(e) => format!("wait failed: {e}"),
+        }
+    }
+
+    /// How it ended, in words: `killed by SIGKILL`, `exited with status 1`.
+    pub fn how(&self) -> String {
+        use std::os::unix::process::ExitStatusExt as _;
+        match &self.status {
+            Ok(s) => match (s.code(), s.signal()) {
+                (Some(code), _) => format!("exited with status {code}"),
+                (None, Some(sig)) => match Signal::try_from(sig) {
+                    Ok(sig) => format!("killed by {}", sig.as_str()),
+                    Err(_) => format!("killed by signal {sig}"),
+                },
+                (None, None) => format!("ended ({s})"),
+            },
+            Err(e) => format!("could not be waited for ({e})"),
         }
     }
 
@@ -206,6 +231,7 @@ pub fn tail(path: &Path, n: usize) -> String {
 #[derive(Debug)]
 struct Running {
     pid: u32,
+    started: Instant,
     /// Set before sagactl kills it on purpose: its end is then not reported.
     expected: Arc<AtomicBool>,
     stop: Option<oneshot::Sender<()>>,
@@ -301,6 +327,68 @@ impl Stack {
         self.slots[id.0].generation
     }
 
+    /// Every child, in the order they were first started.
+    pub fn ids(&self) -> impl Iterator<Item = ProcId> {
+        (0..self.slots.len()).map(ProcId)
+    }
+
+    /// The child called `name`.
+    pub fn find(&self, name: &str) -> Option<ProcId> {
+        self.slots
+            .iter()
+            .position(|s| s.spec.name == name)
+            .map(ProcId)
+    }
+
+    /// The child's specification (command line, what it listens on).
+    pub fn spec(&self, id: ProcId) -> &Spec {
+        &self.slots[id.0].spec
+    }
+
+    /// Its log file.
+    pub fn log(&self, id: ProcId) -> &Path {
+        &self.slots[id.0].log
+    }
+
+    /// Its process runs (it may be paused): started, and not yet seen to end.
+    pub fn is_running(&self, id: ProcId) -> bool {
+        self.slots[id.0]
+            .running
+            .as_ref()
+            .is_some_and(|r| !r.done.is_finished())
+    }
+
+    /// When its current process was started, while it runs.
+    pub fn started_at(&self, id: ProcId) -> Option<Instant> {
+        self.slots[id.0]
+            .running
+            .as_ref()
+            .filter(|r| !r.done.is_finished())
+            .map(|r| r.started)
+    }
+
+    /// Asks the child to stop (SIGTERM, then SIGKILL after the grace period) without
+    /// waiting: the returned handle says how it ended. Its end is not reported as
+    /// unexpected. `None` when it does not run.
+    pub fn begin_stop(&mut self, id: ProcId) -> Option<Stopping> {
+        let mut r = self.slots[id.0].running.take()?;
+        if r.done.is_finished() {
+            // It ended on its own and was reported; nothing to stop.
+            return None;
+        }
+        if let Ok(pid) = pid_of(r.pid) {
+            let _ = kill(pid, Signal::SIGCONT);
+        }
+        r.expected.store(true, Ordering::SeqCst);
+        if let Some(stop) = r.stop.take() {
+            let _ = stop.send(());
+        }
+        Some(Stopping {
+            name: self.slots[id.0].spec.name.clone(),
+            done: r.done,
+        })
+    }
+
     fn start(&mut self, id: ProcId) -> Result<()> {
         let exits = self.exits_tx.clone();
         let slot = &mut self.slots[id.0];
@@ -362,6 +450,7 @@ impl Stack {
         });
         slot.running = Some(Running {
             pid,
+            started,
             expected,
             stop: Some(stop_tx),
             done,
@@ -411,35 +500,45 @@ impl Stack {
     pub async fn stop(&mut self) {
         for tier in (0..=self.tiers).rev() {
             let mut stopping = Vec::new();
-            for slot in self.slots.iter_mut().filter(|s| s.tier == tier) {
-                let Some(mut r) = slot.running.take() else {
+            for i in 0..self.slots.len() {
+                let slot = &self.slots[i];
+                if slot.tier != tier || slot.running.is_none() {
                     continue;
-                };
-                // A paused child would not see its SIGTERM before the grace ran out.
-                if let Ok(pid) = pid_of(r.pid) {
-                    let _ = kill(pid, Signal::SIGCONT);
                 }
-                r.expected.store(true, Ordering::SeqCst);
-                if let Some(stop) = r.stop.take() {
-                    let _ = stop.send(());
-                }
-                stopping.push((slot.spec.name.clone(), r));
-            }
-            for (name, r) in stopping {
-                match r.done.await {
-                    Ok(Stopped::Terminated(Ok(s))) => {
-                        self.say(format_args!("stopped {name} ({s})"))
-                    }
-                    Ok(Stopped::Killed(Ok(s))) => self.say(format_args!(
-                        "killed {name} ({s}): it did not stop within {GRACE:?} of SIGTERM",
-                    )),
-                    Ok(Stopped::Terminated(Err(e)) | Stopped::Killed(Err(e))) => {
-                        esayln!("stopping {name}: {e}")
-                    }
-                    Ok(Stopped::Exited) => self.say(format_args!("{name} had exited")),
-                    Err(e) => esayln!("stopping {name}: {e}"),
+                match self.begin_stop(ProcId(i)) {
+                    Some(s) => stopping.push(s),
+                    None => self.say(format_args!("{} had exited", self.slots[i].spec.name)),
                 }
             }
+            for s in stopping {
+                let line = s.wait().await;
+                self.say(format_args!("{line}"));
+            }
+        }
+    }
+}
+
+/// A child being stopped by [`Stack::begin_stop`].
+#[derive(Debug)]
+pub struct Stopping {
+    name: String,
+    done: JoinHandle<Stopped>,
+}
+
+impl Stopping {
+    /// Waits until it is gone; one line of how it went.
+    pub async fn wait(self) -> String {
+        let name = self.name;
+        match self.done.await {
+            Ok(Stopped::Terminated(Ok(s))) => format!("stopped {name} ({s})"),
+            Ok(Stopped::Killed(Ok(s))) => {
+                format!("killed {name} ({s}): it did not stop within {GRACE:?} of SIGTERM")
+            }
+            Ok(Stopped::Terminated(Err(e)) | Stopped::Killed(Err(e))) => {
+                format!("stopping {name}: {e}")
+            }
+            Ok(Stopped::Exited) => format!("{name} had exited"),
+            Err(e) => format!("stopping {name}: {e}"),
         }
     }
 }
@@ -674,18 +773,21 @@ impl Layout {
         std::fs::create_dir_all(&nats_store)
             .with_context(|| format!("creating {}", nats_store.display()))?;
         stack.tier();
-        let nats = stack.spawn(Spec::new(
-            "nats-server",
-            &self.nats_bin,
-            vec![
-                "-c".into(),
-                self.nats_conf.display().to_string(),
-                "-p".into(),
-                self.nats_port.to_string(),
-                "-sd".into(),
-                nats_store.display().to_string(),
-            ],
-        ))?;
+        let nats = stack.spawn(
+            Spec::new(
+                "nats-server",
+                &self.nats_bin,
+                vec![
+                    "-c".into(),
+                    self.nats_conf.display().to_string(),
+                    "-p".into(),
+                    self.nats_port.to_string(),
+                    "-sd".into(),
+                    nats_store.display().to_string(),
+                ],
+            )
+            .listening_on(self.nats_addr().to_string()),
+        )?;
         let addr = self.nats_addr();
         wait_ready(
             exits,
@@ -738,22 +840,25 @@ impl Layout {
         }
 
         stack.tier();
-        let gateway = stack.spawn(Spec::new(
-            "saga-gateway",
-            &self.bins.gateway,
-            vec![
-                "--grpc-addr".into(),
-                self.grpc_addr.to_string(),
-                "--nats-url".into(),
-                nats_url,
-                "--data-dir".into(),
-                self.data.join("gateway").display().to_string(),
-                "--sagas".into(),
-                sagas,
-                "--partitions".into(),
-                partitions,
-            ],
-        ))?;
+        let gateway = stack.spawn(
+            Spec::new(
+                "saga-gateway",
+                &self.bins.gateway,
+                vec![
+                    "--grpc-addr".into(),
+                    self.grpc_addr.to_string(),
+                    "--nats-url".into(),
+                    nats_url,
+                    "--data-dir".into(),
+                    self.data.join("gateway").display().to_string(),
+                    "--sagas".into(),
+                    sagas,
+                    "--partitions".into(),
+                    partitions,
+                ],
+            )
+            .listening_on(self.grpc_addr.to_string()),
+        )?;
 
         let addr = format!("http://{}", self.grpc_addr);
         let client = wait_ready(

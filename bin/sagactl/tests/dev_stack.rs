@@ -1,5 +1,8 @@
 //! `sagactl dev --demo --exit` as CI runs it: the whole stack on free ports in a temporary
-//! data dir, the demo orders ending COMPLETED and COMPENSATED, and no child left behind.
+//! data dir, the demo orders ending COMPLETED and COMPENSATED, and no child left behind;
+//! and `sagactl dev` as a playground: children that die are restarted, the stack is
+//! controlled from another terminal (`dev ps|kill|stop|start|restart|logs`), a child that
+//! keeps crashing is left down while the rest keeps serving.
 //!
 //! Needs every binary built beside sagactl (`cargo build --workspace --bins`, which
 //! `make test` runs first) and the pinned nats-server (`make setup`, or NATS_SERVER_BIN).
@@ -146,21 +149,32 @@ struct DevRun {
     lines: mpsc::Receiver<String>,
     stdout: String,
     data: tempfile::TempDir,
+    grpc: String,
+}
+
+fn sagactl() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sagactl"))
 }
 
 impl DevRun {
     fn start() -> Self {
-        let sagactl = PathBuf::from(env!("CARGO_BIN_EXE_sagactl"));
+        Self::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Self {
+        let sagactl = sagactl();
         prerequisites(&sagactl);
         let data = tempfile::tempdir().unwrap();
         let (nats_port, grpc_port) = free_ports();
+        let grpc = format!("127.0.0.1:{grpc_port}");
         let mut child = Command::new(&sagactl)
             .args(["dev", "--nats-port"])
             .arg(nats_port.to_string())
             .arg("--grpc-addr")
-            .arg(format!("127.0.0.1:{grpc_port}"))
+            .arg(&grpc)
             .arg("--data-dir")
             .arg(data.path())
+            .args(extra)
             .current_dir(repo_root())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -180,7 +194,92 @@ impl DevRun {
             lines,
             stdout: String::new(),
             data,
+            grpc,
         }
+    }
+
+    /// Runs `sagactl dev <args> --data-dir DATA` (control of this stack) to its end.
+    fn ctl(&self, args: &[&str]) -> std::process::Output {
+        let out = Command::new(sagactl())
+            .arg("dev")
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.data.path())
+            .output()
+            .expect("run sagactl dev control");
+        out
+    }
+
+    /// `ctl` that must succeed; its stdout.
+    fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "sagactl dev {args:?} failed: {}\n{stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// The children as `sagactl --json dev ps` reports them.
+    fn ps(&self) -> Vec<serde_json::Value> {
+        let out = Command::new(sagactl())
+            .args(["--json", "dev", "ps", "--data-dir"])
+            .arg(self.data.path())
+            .output()
+            .expect("run sagactl dev ps");
+        assert!(out.status.success(), "{out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ps JSON");
+        v["children"].as_array().expect("children").clone()
+    }
+
+    /// One child of `ps`.
+    fn child(&self, name: &str) -> serde_json::Value {
+        self.ps()
+            .into_iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in ps"))
+    }
+
+    /// Polls `ps` until the child satisfies `ok`; the last view of it otherwise fails.
+    fn until_child(
+        &self,
+        name: &str,
+        within: Duration,
+        what: &str,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let c = self.child(name);
+            if ok(&c) {
+                return c;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} not {what} within {within:?}: {c}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Places one order through the gateway and waits for it to complete.
+    fn order_completes(&self, customer: &str) {
+        let out = Command::new(sagactl())
+            .args(["--gateway", &format!("http://{}", self.grpc)])
+            .args(["order", "place", "--customer", customer])
+            .args(["--item", "sku-1:1:1500", "--wait"])
+            .output()
+            .expect("run sagactl order place");
+        assert!(
+            out.status.success(),
+            "the order of {customer} did not complete: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Reads stdout until a line contains `want`.
@@ -272,6 +371,10 @@ fn assert_all_gone(children: &[(String, u32)], all: &str) {
         CHILDREN,
         "{all}"
     );
+    assert_gone(children, all);
+}
+
+fn assert_gone(children: &[(String, u32)], all: &str) {
     for (name, pid) in children {
         assert!(
             !still_running(*pid, name),
@@ -311,8 +414,8 @@ fn sigterm_stops_every_child_cleanly() {
 }
 
 #[test]
-fn a_child_dying_stops_the_stack_with_an_error_naming_it() {
-    let mut run = DevRun::start();
+fn with_exit_on_child_failure_a_child_dying_stops_the_stack_with_an_error_naming_it() {
+    let mut run = DevRun::start_with(&["--exit-on-child-failure"]);
     run.wait_for("stack ready", RUN_DEADLINE);
     let children = started_children(&run.stdout);
     let (_, payment) = children
@@ -336,4 +439,238 @@ fn a_child_dying_stops_the_stack_with_an_error_naming_it() {
         );
     }
     assert_all_gone(&children, &all);
+}
+
+/// Pid of a `ps` entry.
+fn pid(c: &serde_json::Value) -> Option<u64> {
+    c["pid"].as_u64()
+}
+
+#[test]
+fn a_worker_killed_under_load_is_restarted_and_every_saga_ends() {
+    let mut run = DevRun::start_with(&["--workers", "2"]);
+    run.wait_for("Ctrl-C stops the stack", RUN_DEADLINE);
+    let first = pid(&run.child("saga-worker-1")).expect("worker 1 runs");
+
+    let sagas = 150;
+    let bench = Command::new(sagactl())
+        .args(["--json", "--gateway", &format!("http://{}", run.grpc)])
+        .args(["bench", "--sagas", &sagas.to_string(), "--concurrency", "8"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sagactl bench");
+    // Under load: some sagas have ended before the kill.
+    let deadline = Instant::now() + RUN_DEADLINE;
+    loop {
+        let out = Command::new(sagactl())
+            .args(["--json", "--gateway", &format!("http://{}", run.grpc)])
+            .args(["saga", "list", "--state", "completed"])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).contains("sagaId") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no saga completed: {out:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let said = run.ctl_ok(&["kill", "saga-worker-1"]);
+    assert!(
+        said.contains(&format!("sent SIGKILL to saga-worker-1 (pid {first})")),
+        "{said}"
+    );
+    run.wait_for(
+        "saga-worker-1 killed by SIGKILL; restarted in 1 s",
+        RUN_DEADLINE,
+    );
+    run.wait_for("restarted saga-worker-1 (pid", Duration::from_secs(30));
+    let now = run.until_child(
+        "saga-worker-1",
+        Duration::from_secs(30),
+        "running again",
+        |c| c["state"] == "running" && pid(c).is_some(),
+    );
+    assert_ne!(pid(&now), Some(first), "{now}");
+    assert_eq!(now["restarts"], 1, "{now}");
+
+    // Every saga of the bench ended, none timed out or failed.
+    let out = bench.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench: {}\n{text}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bench JSON");
+    let states = report["states"].as_object().expect("states");
+    let ended: u64 = ["COMPLETED", "COMPENSATED"]
+        .iter()
+        .filter_map(|s| states.get(*s).and_then(|v| v.as_u64()))
+        .sum();
+    assert_eq!(ended, sagas, "{report}");
+    assert_eq!(report["timedOut"], 0, "{report}");
+
+    // The rest kept running the whole time.
+    for c in run.ps() {
+        if c["name"] != "saga-worker-1" {
+            assert_eq!(c["restarts"], 0, "{c}");
+            assert_eq!(c["state"], "running", "{c}");
+        }
+    }
+    let pid_of_sagactl = run.child.id();
+    run.signal("-TERM", pid_of_sagactl);
+    let (status, stdout, stderr) = run.finish(STOP_DEADLINE);
+    let all = format!("--- stdout\n{stdout}\n--- stderr\n{stderr}");
+    assert!(status.success(), "{status}:\n{all}");
+    assert_gone(&support::started_children(&stdout, true), &all);
+}
+
+#[test]
+fn dev_ps_kill_stop_start_restart_and_logs_control_a_running_stack() {
+    let mut run = DevRun::start();
+    run.wait_for("Ctrl-C stops the stack", RUN_DEADLINE);
+    let started = started_children(&run.stdout);
+
+    // ps: every child, its pid, running, what it listens on.
+    let ps = run.ps();
+    let names: Vec<&str> = ps.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, CHILDREN);
+    for ((name, pid_started), c) in started.iter().zip(&ps) {
+        assert_eq!(c["name"], name.as_str());
+        assert_eq!(pid(c), Some(u64::from(*pid_started)), "{c}");
+        assert_eq!(c["state"], "running", "{c}");
+        assert_eq!(c["restarts"], 0, "{c}");
+    }
+    assert_eq!(ps[0]["listens"].as_str().unwrap().split(':').count(), 2);
+    assert_eq!(ps[CHILDREN.len() - 1]["listens"], run.grpc.as_str());
+    let table = run.ctl_ok(&["ps"]);
+    assert!(table.starts_with("NAME "), "{table}");
+    assert!(table.contains("RESTARTS"), "{table}");
+
+    // A pause and a resume.
+    let payment = pid(&run.child("payment")).unwrap();
+    run.ctl_ok(&["kill", "payment", "--signal", "STOP"]);
+    run.until_child("payment", Duration::from_secs(10), "paused", |c| {
+        c["state"] == "paused"
+    });
+    run.ctl_ok(&["kill", "payment", "--signal", "cont"]);
+    let c = run.until_child("payment", Duration::from_secs(10), "resumed", |c| {
+        c["state"] == "running"
+    });
+    assert_eq!(pid(&c), Some(payment), "a pause is not a restart: {c}");
+
+    // stop keeps a child down; start brings it back.
+    run.ctl_ok(&["stop", "hotel"]);
+    run.wait_for("stopped hotel (", Duration::from_secs(30));
+    let c = run.until_child("hotel", Duration::from_secs(5), "stopped", |c| {
+        c["state"] == "stopped"
+    });
+    assert!(pid(&c).is_none(), "{c}");
+    let refused = run.ctl(&["kill", "hotel"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("hotel is not running (stopped)"),
+        "{refused:?}"
+    );
+    run.ctl_ok(&["start", "hotel"]);
+    run.until_child("hotel", Duration::from_secs(10), "started", |c| {
+        c["state"] == "running" && c["restarts"] == 1
+    });
+
+    // restart: a clean stop, then a new process with the same data.
+    run.ctl_ok(&["restart", "payment"]);
+    let c = run.until_child("payment", Duration::from_secs(30), "restarted", |c| {
+        c["state"] == "running" && pid(c).is_some_and(|p| p != payment)
+    });
+    assert_eq!(c["restarts"], 1, "{c}");
+    run.wait_for("stopped payment (exit status: 0)", Duration::from_secs(30));
+    // ...and the stack serves with it.
+    run.order_completes("alice");
+
+    // logs: the child's own log file, the last lines on request.
+    let log = run.ctl_ok(&["logs", "payment", "-n", "3"]);
+    assert_eq!(log.lines().count(), 3, "{log}");
+    let whole = run.ctl_ok(&["logs", "payment"]);
+    assert!(
+        whole.contains("SIGTERM"),
+        "the log keeps the earlier life: {whole}"
+    );
+    assert!(whole.ends_with(&log), "{log}");
+
+    // Unknown names are named, with what there is.
+    let bad = run.ctl(&["restart", "paymnt"]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("no child `paymnt` in this stack; there are: nats-server, saga-worker-1"),
+        "{err}"
+    );
+
+    let pid_of_sagactl = run.child.id();
+    run.signal("-TERM", pid_of_sagactl);
+    let (status, stdout, stderr) = run.finish(STOP_DEADLINE);
+    let all = format!("--- stdout\n{stdout}\n--- stderr\n{stderr}");
+    assert!(status.success(), "{status}:\n{all}");
+    assert_gone(&support::started_children(&stdout, true), &all);
+    assert!(
+        !run.data.path().join("control.sock").exists(),
+        "the control socket outlived the stack"
+    );
+}
+
+#[test]
+fn a_crash_looping_child_is_reported_and_left_down_while_the_stack_keeps_serving() {
+    let mut run = DevRun::start_with(&["--max-restarts", "2"]);
+    run.wait_for("Ctrl-C stops the stack", RUN_DEADLINE);
+    // hotel serves only the travel saga: the checkout keeps working without it.
+    for crash in 1..=3u64 {
+        let c = run.until_child("hotel", Duration::from_secs(30), "running", |c| {
+            c["state"] == "running" && c["restarts"] == crash - 1
+        });
+        run.ctl_ok(&["kill", "hotel"]);
+        let _ = c;
+    }
+    let c = run.until_child("hotel", Duration::from_secs(10), "left down", |c| {
+        c["state"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("down: killed by SIGKILL; 3 crashes"))
+    });
+    assert!(pid(&c).is_none(), "{c}");
+    run.wait_for(
+        "hotel killed by SIGKILL; restarted in 1 s",
+        Duration::from_secs(5),
+    );
+    run.wait_for(
+        "hotel killed by SIGKILL; restarted in 2 s",
+        Duration::from_secs(5),
+    );
+
+    // The others keep serving.
+    run.order_completes("bob");
+    for c in run.ps() {
+        if c["name"] != "hotel" {
+            assert_eq!(c["state"], "running", "{c}");
+        }
+    }
+    // Nobody restarts it behind the user's back; `start` does.
+    run.ctl_ok(&["start", "hotel"]);
+    run.until_child("hotel", Duration::from_secs(10), "started again", |c| {
+        c["state"] == "running"
+    });
+
+    let pid_of_sagactl = run.child.id();
+    run.signal("-TERM", pid_of_sagactl);
+    let (status, stdout, stderr) = run.finish(STOP_DEADLINE);
+    let all = format!("--- stdout\n{stdout}\n--- stderr\n{stderr}");
+    assert!(status.success(), "{status}:\n{all}");
+    assert!(
+        stderr.contains(
+            "hotel killed by SIGKILL: it ended unexpectedly 3 times within a minute, so it is \
+             left down (the rest keeps running; `sagactl dev start hotel` starts it again)"
+        ),
+        "{all}"
+    );
+    assert!(stderr.contains("Last lines of"), "{all}");
+    assert_gone(&support::started_children(&stdout, true), &all);
 }
