@@ -55,6 +55,8 @@ pub enum Command {
     /// The event catalog (events/*.yaml): validate it, list, show and draw its events.
     #[command(subcommand)]
     Events(crate::events::EventsCommand),
+    /// The dead-letter queue (SAGA_DLQ): list, show, redrive and purge dead letters.
+    Dlq(crate::dlq::DlqArgs),
 }
 
 #[derive(Debug, Args)]

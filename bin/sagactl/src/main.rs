@@ -20,6 +20,7 @@ mod client;
 mod cluster;
 mod def;
 mod dev;
+mod dlq;
 mod devctl;
 mod events;
 mod json;
@@ -74,6 +75,7 @@ fn main() -> ExitCode {
             Command::Dev(a) => dev::run(a).await,
             Command::Cluster(a) => cluster::run(out, a).await,
             Command::Chaos(a) => chaos::run(out, a).await,
+            Command::Dlq(a) => dlq::run(out, a).await,
         }
     });
     match result {

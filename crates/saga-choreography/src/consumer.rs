@@ -21,13 +21,7 @@ use crate::schema::EventCodec;
 use crate::store::{ApplyError, ConsumerStore, Failure, Outcome, Run};
 use crate::ChoreographyError;
 
-/// Header of a redriven message naming the one consumer it is meant for; the other
-/// consumers of its subject ack it without handling it.
-pub const REDRIVE_CONSUMER: &str = "Saga-Redrive-Consumer";
-/// Header of a redriven message: the `SAGA_DLQ` sequence of its dead letter.
-pub const REDRIVE_OF: &str = "Saga-Redrive-Of";
-/// Dead letters of consumers: every failed attempt (JSON list of attempt, at, error).
-pub const DLQ_ERRORS: &str = "Saga-Dlq-Errors";
+use saga_ports::header::{DLQ_ERRORS, REDRIVE_CONSUMER};
 
 /// Tuning of a consumer.
 #[derive(Debug, Clone, PartialEq)]

@@ -29,7 +29,7 @@ mod ladder;
 mod schema;
 mod store;
 
-pub use consumer::{CrashHook, EventConsumer, Settings, DLQ_ERRORS, REDRIVE_CONSUMER, REDRIVE_OF};
+pub use consumer::{CrashHook, EventConsumer, Settings};
 pub use error::ChoreographyError;
 pub use handler::{Event, EventHandler, EventTx, HandleError};
 pub use ladder::{NextStep, RetryLadder};

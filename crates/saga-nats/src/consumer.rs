@@ -77,6 +77,12 @@ impl NatsConsumer {
         .await
     }
 
+    /// Binds to the event consumer `evt-<service>` on `SAGA_EVENTS`.
+    pub async fn events(js: &jetstream::Context, service: &str) -> Result<Self, NatsError> {
+        names::check_token(service)?;
+        Self::bind(js, names::EVENTS_STREAM, &names::event_consumer(service)).await
+    }
+
     /// Consumer name.
     pub fn name(&self) -> &str {
         &self.name

@@ -74,6 +74,23 @@ pub enum NatsError {
     #[error("partition leases: {0}")]
     Leases(String),
 
+    /// Reading, redriving or purging dead letters failed. Retryable when the broker is
+    /// unreachable; a refused publish (say, a `--to` subject no stream stores) is not.
+    /// gRPC: `UNAVAILABLE` / `FAILED_PRECONDITION`.
+    #[error("dead letters: {what}: {source}")]
+    DeadLetters {
+        /// What was being done.
+        what: String,
+        /// The client's error.
+        #[source]
+        source: async_nats::Error,
+    },
+
+    /// No dead letter has this `SAGA_DLQ` sequence (never stored, purged, or not a
+    /// dead letter). Not retryable. gRPC: `NOT_FOUND`.
+    #[error("no dead letter with id {0} in SAGA_DLQ")]
+    NoDeadLetter(u64),
+
     /// A concurrent provisioning kept changing the same object. Retryable. gRPC:
     /// `ABORTED`.
     #[error("{what} kept changing under us after {attempts} attempts")]

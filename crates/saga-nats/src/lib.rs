@@ -10,6 +10,7 @@
 //!   [`NatsJournal`] (per-saga history fenced by `Nats-Expected-Last-Subject-Sequence`),
 //!   [`NatsConsumer`] / [`NatsAcker`] (durable pull consumer with confirmed settlements),
 //!   and [`dead_letter`];
+//! - **the dead-letter queue for operators** ([`dead_letters`]): list, show, redrive, purge;
 //! - **the connection** ([`connect`]): fail fast on a wrong URL, reconnect forever after.
 //!
 //! Port errors are [`saga_ports::PortError`] (the caller branches on them); setup errors
@@ -21,6 +22,7 @@
 mod clock;
 mod connect;
 mod consumer;
+pub mod dead_letters;
 mod dlq;
 mod error;
 mod journal;
@@ -39,8 +41,8 @@ pub use error::NatsError;
 pub use journal::NatsJournal;
 pub use open::NatsOpenSagas;
 pub use provision::{
-    ensure_partition_consumer, ensure_service_consumer, provision, provision_streams,
-    ConsumerSettings, ProvisionConfig, Provisioned,
+    ensure_event_consumer, ensure_partition_consumer, ensure_service_consumer, provision,
+    provision_streams, ConsumerSettings, ProvisionConfig, Provisioned,
 };
 pub use publisher::NatsPublisher;
 

@@ -9,7 +9,7 @@
 //! | domain events | [`EVENTS_STREAM`] | `events.<domain>.<EventName>` |
 //! | dead letters | [`DLQ_STREAM`] | `dlq.<original subject>` |
 //! | partition owners / live workers | KV [`OWNERS_BUCKET`], [`WORKERS_BUCKET`] | |
-//! | consumers | `saga-p<N>` ([`partition_consumer`]), `svc-<service>` ([`service_consumer`]) | |
+//! | consumers | `saga-p<N>` ([`partition_consumer`]), `svc-<service>` ([`service_consumer`]), `evt-<service>` on `SAGA_EVENTS` ([`event_consumer`]) | |
 //!
 //! The subject helpers only format. Tokens that are not valid subject tokens (empty, with
 //! `.`, `*`, `>` or whitespace) are refused where the subject is used: the publisher and
@@ -90,6 +90,11 @@ pub fn service_filter(service: &str) -> String {
 /// `svc-<service>`: the durable consumer shared by the instances of a participant service.
 pub fn service_consumer(service: &str) -> String {
     format!("svc-{service}")
+}
+
+/// `evt-<service>`: the durable consumer of a choreography service on `SAGA_EVENTS`.
+pub fn event_consumer(service: &str) -> String {
+    format!("evt-{service}")
 }
 
 /// `saga.journal.<saga_type>.<saga_id>`: one saga's history.

@@ -424,6 +424,41 @@ pub async fn ensure_service_consumer(
     ensure_consumer(js, names::COMMANDS_STREAM, config).await
 }
 
+/// Creates or updates the consumer `evt-<service>` on `SAGA_EVENTS` of a choreography
+/// service, filtered on the events it sees (`events.<domain>.<EventName>.*` each).
+///
+/// No server-side delivery limit and no backoff: the consumer SDK counts its attempts
+/// in its ledger and climbs its own retry ladder, holding the event (reported in
+/// progress) so that later events of the same key wait behind it.
+pub async fn ensure_event_consumer(
+    js: &jetstream::Context,
+    service: &str,
+    filters: Vec<String>,
+    ack_wait: Duration,
+) -> Result<consumer::Info, NatsError> {
+    check_token(service)?;
+    if filters.is_empty() {
+        return Err(NatsError::InvalidConfig(format!(
+            "event consumer of {service}: no subject to filter on"
+        )));
+    }
+    let settings = ConsumerSettings {
+        ack_wait,
+        max_deliver: -1,
+        backoff: Vec::new(),
+        max_ack_pending: 1000,
+    };
+    settings.validate()?;
+    let name = names::event_consumer(service);
+    let mut config = settings.pull_config(
+        &name,
+        String::new(),
+        format!("Domain events seen by choreography service {service}"),
+    );
+    config.filter_subjects = filters;
+    ensure_consumer(js, names::EVENTS_STREAM, config).await
+}
+
 async fn ensure_consumer(
     js: &jetstream::Context,
     stream: &str,

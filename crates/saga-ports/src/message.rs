@@ -39,6 +39,18 @@ pub mod header {
     pub const DLQ_DELIVERIES: &str = "Saga-Dlq-Deliveries";
     /// Dead letters: consumer that gave up.
     pub const DLQ_CONSUMER: &str = "Saga-Dlq-Consumer";
+    /// Dead letters of event consumers: every failed attempt (JSON list of `attempt`,
+    /// `at` in ms since the epoch, `error`).
+    pub const DLQ_ERRORS: &str = "Saga-Dlq-Errors";
+    /// A redriven message: the `SAGA_DLQ` sequence of its dead letter.
+    pub const REDRIVE_OF: &str = "Saga-Redrive-Of";
+    /// A redriven message: the one consumer it is meant for (the others of its subject
+    /// ack it without handling it).
+    pub const REDRIVE_CONSUMER: &str = "Saga-Redrive-Consumer";
+    /// A redrive record: where the message went.
+    pub const REDRIVE_TO: &str = "Saga-Redrive-To";
+    /// A redrive record: the stream sequence the message got there.
+    pub const REDRIVE_SEQUENCE: &str = "Saga-Redrive-Sequence";
 }
 
 /// A message to publish to a stream, deduplicated by `msg_id`.

@@ -1,0 +1,30 @@
+//! The `notification` consumer: one message per order per order event.
+
+use std::sync::Arc;
+
+use clap::Parser;
+use consumers::{notifications, serve, ConsumerArgs, FailOn, Notifier};
+
+/// Records a customer message for every order event it hears of.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    #[command(flatten)]
+    common: ConsumerArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    saga_telemetry::init("notification");
+    let args = Args::parse();
+    let handler = Notifier {
+        fail_on: FailOn(args.common.fail_on_event.clone()),
+    };
+    serve("notification", args.common, Arc::new(handler), |db| {
+        Ok(format!(
+            "notification ledger: {} messages",
+            notifications(db)?.len()
+        ))
+    })
+    .await
+}
