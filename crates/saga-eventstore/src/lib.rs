@@ -15,6 +15,7 @@ pub mod error;
 pub mod jetstream;
 pub mod memory;
 pub mod model;
+pub mod projection;
 pub mod store;
 pub mod upcast;
 
@@ -26,6 +27,10 @@ pub use definition::AggregateDefinition;
 pub use error::{ErrorKind, EsError};
 pub use memory::{MemoryEventStore, MemorySnapshotStore};
 pub use model::{Appended, ExpectedVersion, NewEvent, RecordedEvent, Snapshot, StreamId, Until};
+pub use projection::{
+    Projection, ProjectionHandle, ProjectionRunner, ProjectionStatus, RebuildReport, SledViews,
+    ViewTx,
+};
 pub use store::{EventStore, SnapshotStore};
 pub use upcast::Upcasters;
 #[cfg(any(test, feature = "test-util"))]
