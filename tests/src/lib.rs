@@ -53,6 +53,8 @@ pub struct Stack {
     pub nats: NatsServer,
     /// Scratch space (data dirs of workers and participants).
     pub dir: tempfile::TempDir,
+    /// How many `saga-worker`s were started (gateways wait for one to be live).
+    workers_started: std::sync::atomic::AtomicUsize,
 }
 
 impl Stack {
@@ -61,6 +63,36 @@ impl Stack {
         Self {
             nats: NatsServer::start().expect("nats-server (run `make setup`)"),
             dir: tempfile::tempdir().expect("temp dir"),
+            workers_started: Default::default(),
+        }
+    }
+
+    /// Waits until at least `n` workers announce themselves in `saga_workers` (a gateway
+    /// refuses starts of a type no live worker runs).
+    pub async fn wait_live_workers(&self, n: usize) {
+        use futures::TryStreamExt as _;
+        let js = self.js().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let live = match js.get_key_value("saga_workers").await {
+                Ok(kv) => match kv.keys().await {
+                    Ok(keys) => keys
+                        .try_collect::<Vec<_>>()
+                        .await
+                        .map(|k| k.len())
+                        .unwrap_or(0),
+                    Err(_) => 0,
+                },
+                Err(_) => 0,
+            };
+            if live >= n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{live} of {n} workers live after 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -80,6 +112,8 @@ impl Stack {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        self.workers_started
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         ProcessGuard::spawn(&mut cmd).expect("spawn saga-worker")
     }
 
@@ -477,6 +511,13 @@ impl Gateway {
                 ProcessGuard::spawn(gateway_command(stack, &data_dir).env("GRPC_ADDR", &addr))
                     .expect("spawn saga-gateway");
             if let Some(client) = connect(&addr, &mut process).await {
+                if stack
+                    .workers_started
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    > 0
+                {
+                    stack.wait_live_workers(1).await;
+                }
                 return (
                     Self {
                         process,

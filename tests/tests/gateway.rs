@@ -457,7 +457,8 @@ async fn insufficient_stock_compensates_and_sagas_list_filtered_and_paged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_name_their_field_and_unknown_sagas_are_not_found() {
-    // No worker: an accepted saga stays PENDING, which must still read as PENDING.
+    // No worker at first: starts are refused; then a frozen one: an accepted saga stays
+    // PENDING, which must still read as PENDING.
     let stack = Stack::new();
     let (_gateway, mut client) = Gateway::start(&stack, "gateway").await;
 
@@ -615,12 +616,57 @@ async fn bad_requests_name_their_field_and_unknown_sagas_are_not_found() {
         Code::NotFound,
     );
 
-    // Accepted without a worker: PENDING, with its steps, and watchable.
-    let placed = client
-        .place_order(req(place("alice", ok_items(), "")))
-        .await
-        .unwrap()
-        .into_inner();
+    // No live worker: the start would wait forever in a partition nobody consumes, so it
+    // is refused, saying why.
+    let refused = assert_code(
+        client
+            .place_order(req(place("alice", ok_items(), "no-worker")))
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert!(
+        refused.message().contains("no saga-worker is running"),
+        "{refused:?}"
+    );
+
+    // A worker that froze (SIGSTOP) still counts as live until its heartbeat expires:
+    // what is accepted meanwhile is PENDING, with its steps, and watchable.
+    let js = stack.js().await;
+    let mut worker = stack.worker("worker", &[]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let live = match js.get_key_value("saga_workers").await {
+            Ok(kv) => {
+                use futures::TryStreamExt as _;
+                let keys: Vec<String> = kv.keys().await.unwrap().try_collect().await.unwrap();
+                !keys.is_empty()
+            }
+            Err(_) => false,
+        };
+        if live {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker never announced itself"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    worker.sigstop().unwrap();
+    let placed = loop {
+        match client
+            .place_order(req(place("alice", ok_items(), "frozen-worker")))
+            .await
+        {
+            Ok(r) => break r.into_inner(),
+            // The gateway reads the live workers every second.
+            Err(st) if st.code() == Code::FailedPrecondition => {
+                assert!(tokio::time::Instant::now() < deadline, "{st:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(st) => panic!("{st:?}"),
+        }
+    };
     assert_eq!(placed.state(), pb::SagaState::Pending);
     let pending = client
         .get_saga(req(get(&placed.saga_id)))
@@ -648,7 +694,6 @@ async fn bad_requests_name_their_field_and_unknown_sagas_are_not_found() {
         .into_inner();
     assert!(history.events.is_empty());
     // The start is in SAGA_INBOX, acknowledged, for a worker to pick up.
-    let js = stack.js().await;
     let inputs = messages(&js, "SAGA_INBOX", &format!("saga.in.*.{}", placed.saga_id)).await;
     assert_eq!(inputs.len(), 1);
     let input = pb::SagaInput::decode(inputs[0].payload.as_ref()).unwrap();
@@ -854,5 +899,67 @@ async fn start_saga_runs_a_travel_booking_from_a_struct_payload() {
         .unwrap()
         .into_inner();
     assert_eq!(listed.sagas.len(), 1);
+    stop_all(&mut worker, &mut ps);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_refuses_another_partition_count_and_types_no_live_worker_runs() {
+    let stack = Stack::new();
+    // This worker runs the checkout only.
+    let only_checkout = stack.data_dir("only-checkout");
+    std::fs::create_dir_all(&only_checkout).unwrap();
+    std::fs::copy(
+        repo().join("sagas/order-checkout.yaml"),
+        only_checkout.join("order-checkout.yaml"),
+    )
+    .unwrap();
+    let mut worker = stack.worker("worker", &[("SAGAS_DIR", only_checkout.to_str().unwrap())]);
+    let mut ps = checkout_participants(&stack, &[]);
+    let (_gateway, mut client) = Gateway::start(&stack, "gateway").await;
+
+    // A type no live worker runs is refused, not parked in a partition forever.
+    let travel = pb::StartSagaRequest {
+        saga_type: "TravelBookingSaga".into(),
+        payload: None,
+        idempotency_key: "travel-1".into(),
+    };
+    let refused = assert_code(
+        client.start_saga(req(travel)).await,
+        Code::FailedPrecondition,
+    );
+    assert!(
+        refused
+            .message()
+            .contains("none of the 1 live saga-worker(s) runs saga type TravelBookingSaga"),
+        "{refused:?}"
+    );
+    // The checkout runs.
+    let placed = client
+        .place_order(req(place("alice", vec![item("sku-1", 1, 100)], "")))
+        .await
+        .unwrap()
+        .into_inner();
+    let done = wait_saga(&mut client, &placed.saga_id, Duration::from_secs(60), |s| {
+        terminal(s.state())
+    })
+    .await;
+    assert_eq!(done.state(), pb::SagaState::Completed);
+
+    // A second gateway configured with another partition count does not start.
+    let other = PARTITIONS * 2;
+    let out = gateway_command(&stack, &stack.data_dir("gateway-2"))
+        .env("PARTITIONS", other.to_string())
+        .env("GRPC_ADDR", format!("127.0.0.1:{}", free_port()))
+        .output()
+        .expect("run saga-gateway");
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "this gateway is configured with {other} partitions but the cluster uses {PARTITIONS}"
+        )),
+        "{err}"
+    );
+    assert!(err.contains(&format!("--partitions {PARTITIONS}")), "{err}");
     stop_all(&mut worker, &mut ps);
 }

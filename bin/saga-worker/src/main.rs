@@ -147,6 +147,7 @@ async fn run(args: Args) -> Result<()> {
         config,
         fault_hook: args.crash_at.as_deref().map(fault_hook).transpose()?,
     };
+    let saga_types: Vec<String> = ctx.definitions.keys().cloned().collect();
     let worker = Arc::new(Worker::new(ctx).await?);
     let ttl = Duration::from_millis(args.lease_ttl_ms.max(300));
     let leases = Leases::new(
@@ -159,7 +160,8 @@ async fn run(args: Args) -> Result<()> {
     )
     .await
     .context("joining the cluster")?
-    .with_clock(broker_clock);
+    .with_clock(broker_clock)
+    .with_saga_types(saga_types);
     info!(%worker_id, partitions = args.partitions, nats = %args.nats_url, lease_ttl = ?ttl, "saga-worker running");
 
     let grace = Duration::from_secs(args.shutdown_grace_secs);

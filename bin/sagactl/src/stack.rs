@@ -674,6 +674,30 @@ pub async fn probe_gateway(addr: &str) -> Option<Client> {
     }
 }
 
+/// Resolves once `n` workers are in `saga_workers` (the caller's deadline bounds the
+/// wait).
+async fn live_workers(nats_url: &str, n: usize) {
+    use futures::TryStreamExt as _;
+    let client = loop {
+        match async_nats::connect(nats_url).await {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let js = async_nats::jetstream::new(client);
+    loop {
+        if let Ok(kv) = js.get_key_value(saga_nats::names::WORKERS_BUCKET).await {
+            if let Ok(keys) = kv.keys().await {
+                let live = keys.try_collect::<Vec<_>>().await.map(|k| k.len());
+                if live.is_ok_and(|l| l >= n) {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// What a whole stack is made of and where it lives.
 #[derive(Debug)]
 pub struct Layout {
@@ -837,6 +861,18 @@ impl Layout {
                 args.extend(extra.iter().cloned());
             }
             participants.push(stack.spawn(Spec::new(name.as_str(), bin, args))?);
+        }
+
+        // A gateway refuses starts of a type no live worker runs: it comes up once every
+        // worker has announced itself.
+        let within = self.ready_timeout;
+        tokio::select! {
+            r = tokio::time::timeout(within, live_workers(&nats_url, self.workers as usize)) => {
+                if r.is_err() {
+                    bail!("timed out after {within:?} waiting for the workers to join (see the logs)");
+                }
+            }
+            Some(exit) = exits.recv() => return Err(exit.error()),
         }
 
         stack.tier();

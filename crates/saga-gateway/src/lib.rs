@@ -28,6 +28,7 @@ mod server;
 mod service;
 pub mod validate;
 pub mod view;
+pub mod workers;
 
 pub use error::GatewayError;
 pub use follow::{rebuild_projection, RebuildStats};

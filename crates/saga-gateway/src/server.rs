@@ -89,7 +89,13 @@ pub async fn serve_on(
         config.definitions.values().map(|d| d.as_ref()),
     )?);
     let requests = ensure_requests_bucket(&js, config.request_window, config.replicas).await?;
+    crate::workers::check_partitions(&js, config.partitions).await?;
+    let live = crate::workers::LiveWorkers::default();
+    if let Err(e) = live.refresh(&js).await {
+        tracing::warn!(error = %e, "could not read the live workers yet");
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
+    let live_task = tokio::spawn(live.clone().follow(js.clone(), stop_rx.clone()));
 
     let follower = tokio::spawn(projection.clone().follow(js.clone(), stop_rx.clone()));
     let service = GatewayService::new(
@@ -99,7 +105,8 @@ pub async fn serve_on(
         Arc::new(config.definitions),
         config.partitions,
         stop_rx.clone(),
-    );
+    )
+    .with_live_workers(live);
 
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
@@ -134,6 +141,7 @@ pub async fn serve_on(
 
     // The signal has fired (or the server failed): stop the tasks either way.
     health_task.abort();
+    live_task.abort();
     follower.abort();
     let _ = follower.await;
     projection.flush().await?;

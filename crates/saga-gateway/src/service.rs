@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status};
 use crate::projection::ListFilter;
 use crate::requests::{self, Claim, RequestRecord};
 use crate::view::is_terminal;
+use crate::workers::LiveWorkers;
 use crate::{validate, GatewayError, Projection};
 
 /// The saga type PlaceOrder starts.
@@ -47,6 +48,8 @@ pub struct GatewayService {
     clock: Arc<dyn Clock>,
     ids: Mutex<IdGenerator>,
     stop: watch::Receiver<bool>,
+    /// None: starts are accepted without asking which types the workers run.
+    live: Option<LiveWorkers>,
 }
 
 /// Saga ids that increase strictly within this process (monotonic ULIDs): in one
@@ -106,7 +109,14 @@ impl GatewayService {
             clock: Arc::new(SystemClock),
             ids: Mutex::new(IdGenerator::new(StdRng::from_entropy())),
             stop,
+            live: None,
         }
+    }
+
+    /// Refuses starts of a saga type that no live worker runs (`FAILED_PRECONDITION`).
+    pub fn with_live_workers(mut self, live: LiveWorkers) -> Self {
+        self.live = Some(live);
+        self
     }
 
     /// Uses `clock` for timestamps and saga ids.
@@ -149,6 +159,9 @@ impl GatewayService {
     ) -> Result<(SagaId, pb::Saga), Status> {
         self.ensure_connected()?;
         let (key, saga_type) = (request.idempotency_key.as_str(), request.saga_type.as_str());
+        if let Some(live) = &self.live {
+            live.ensure(&self.js, saga_type).await?;
+        }
         let stored_id = match requests::claim(&self.requests, &request).await? {
             Claim::New => request.saga_id.clone(),
             Claim::Replay(stored) => stored.saga_id,

@@ -65,6 +65,53 @@ pub struct WorkerInfo {
     pub heartbeat_ms: u64,
     /// Partitions it holds.
     pub partitions: Vec<u32>,
+    /// The saga types it runs (absent from workers that do not say: any type).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saga_types: Option<Vec<String>>,
+}
+
+impl WorkerInfo {
+    /// It runs sagas of this type (or does not say which it runs).
+    pub fn runs(&self, saga_type: &str) -> bool {
+        self.saga_types
+            .as_ref()
+            .is_none_or(|t| t.iter().any(|t| t == saga_type))
+    }
+}
+
+/// Records `partitions` as the cluster's partition count (`config.partitions` in
+/// `saga_owners`) if none is recorded yet, and fails with the fix when another count is:
+/// every process of a deployment (workers, gateways) must agree on it, or inputs land
+/// on partitions nobody consumes.
+pub async fn claim_partition_count(
+    owners: &kv::Store,
+    partitions: u32,
+    who: &str,
+) -> Result<(), NatsError> {
+    let mine = partitions.to_string();
+    match owners
+        .create(PARTITIONS_KEY, Bytes::from(mine.clone()))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+            let theirs = owners
+                .get(PARTITIONS_KEY)
+                .await
+                .map_err(|e| err(PARTITIONS_KEY, e))?
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            if theirs != mine {
+                return Err(NatsError::InvalidConfig(format!(
+                    "this {who} is configured with {mine} partitions but the cluster uses \
+                     {theirs} (KV {OWNERS_BUCKET}, key {PARTITIONS_KEY}); start it with \
+                     --partitions {theirs}"
+                )));
+            }
+            Ok(())
+        }
+        Err(e) => Err(err(PARTITIONS_KEY, e)),
+    }
 }
 
 /// A change of ownership for this worker.
@@ -202,6 +249,8 @@ pub struct Leases {
     releasing: BTreeMap<u32, u64>,
     observer: Observer,
     clock: Option<std::sync::Arc<crate::BrokerClock>>,
+    /// Announced in every heartbeat.
+    saga_types: Option<Vec<String>>,
 }
 
 fn key(p: u32) -> String {
@@ -231,29 +280,7 @@ impl Leases {
             .get_key_value(WORKERS_BUCKET)
             .await
             .map_err(|e| err(WORKERS_BUCKET, e))?;
-        let mine = settings.partitions.to_string();
-        match owners
-            .create(PARTITIONS_KEY, Bytes::from(mine.clone()))
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                let theirs = owners
-                    .get(PARTITIONS_KEY)
-                    .await
-                    .map_err(|e| err(PARTITIONS_KEY, e))?
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default();
-                if theirs != mine {
-                    return Err(NatsError::InvalidConfig(format!(
-                        "this worker is configured with {mine} partitions but the cluster uses \
-                         {theirs} (KV {OWNERS_BUCKET}, key {PARTITIONS_KEY}); start it with \
-                         --partitions {theirs}"
-                    )));
-                }
-            }
-            Err(e) => return Err(err(PARTITIONS_KEY, e)),
-        }
+        claim_partition_count(&owners, settings.partitions, "worker").await?;
         Ok(Self {
             owners,
             workers,
@@ -262,7 +289,17 @@ impl Leases {
             releasing: BTreeMap::new(),
             observer: Observer::default(),
             clock: None,
+            saga_types: None,
         })
+    }
+
+    /// Announces the saga types this worker runs (gateways refuse to accept a saga that
+    /// no live worker runs).
+    pub fn with_saga_types(mut self, types: impl IntoIterator<Item = String>) -> Self {
+        let mut types: Vec<String> = types.into_iter().collect();
+        types.sort();
+        self.saga_types = Some(types);
+        self
     }
 
     /// Measures the broker's clock from every heartbeat into `clock`.
@@ -303,6 +340,7 @@ impl Leases {
             worker: self.settings.worker_id.clone(),
             heartbeat_ms: wall_ms(),
             partitions: self.held(),
+            saga_types: self.saga_types.clone(),
         };
         let sent = wall_ms();
         if let Err(e) = self
