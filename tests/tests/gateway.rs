@@ -693,6 +693,34 @@ async fn bad_requests_name_their_field_and_unknown_sagas_are_not_found() {
         .unwrap()
         .into_inner();
     assert!(history.events.is_empty());
+    // Another gateway never saw this saga: it says the saga exists and its read model is
+    // behind (UNAVAILABLE, retryable), never NOT_FOUND, so no client places it again.
+    let (_other, mut other_client) = Gateway::start(&stack, "gateway-2").await;
+    for st in [
+        other_client
+            .get_saga(req(get(&placed.saga_id)))
+            .await
+            .map(drop),
+        other_client
+            .cancel_saga(req(pb::CancelSagaRequest {
+                saga_id: placed.saga_id.clone(),
+                reason: String::new(),
+            }))
+            .await
+            .map(drop),
+    ] {
+        let st = assert_code(st, Code::Unavailable);
+        assert!(
+            st.message()
+                .contains("exists (its start is accepted and waits for a worker)"),
+            "{st:?}"
+        );
+    }
+    assert_code(
+        other_client.get_saga(req(get(unknown))).await,
+        Code::NotFound,
+    );
+
     // The start is in SAGA_INBOX, acknowledged, for a worker to pick up.
     let inputs = messages(&js, "SAGA_INBOX", &format!("saga.in.*.{}", placed.saga_id)).await;
     assert_eq!(inputs.len(), 1);

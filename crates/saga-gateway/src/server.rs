@@ -20,8 +20,38 @@ use tonic_health::server::HealthReporter;
 use crate::requests::{ensure_requests_bucket, DEFAULT_REQUEST_WINDOW};
 use crate::{GatewayError, GatewayService, Projection};
 
-/// How often the health service looks at the NATS connection.
+/// How often the health service looks at the NATS connection and the follower.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// A follower whose checkpoint stays behind the journal this long is stuck.
+pub const FOLLOWER_STUCK_AFTER: Duration = Duration::from_secs(30);
+
+/// Tells a follower that is behind and not moving from one that is catching up.
+#[derive(Debug, Default)]
+pub struct FollowerWatch {
+    /// The checkpoint last seen behind the journal, and since when it has not moved.
+    behind: Option<(u64, tokio::time::Instant)>,
+}
+
+impl FollowerWatch {
+    /// Observes the projection's checkpoint and the journal's last sequence at `now`;
+    /// true when the follower is stuck: behind the journal, at the same checkpoint for
+    /// [`FOLLOWER_STUCK_AFTER`].
+    pub fn stuck(&mut self, checkpoint: u64, journal_last: u64, now: tokio::time::Instant) -> bool {
+        if checkpoint >= journal_last {
+            self.behind = None;
+            return false;
+        }
+        match self.behind {
+            Some((at, since)) if at == checkpoint => {
+                now.duration_since(since) >= FOLLOWER_STUCK_AFTER
+            }
+            _ => {
+                self.behind = Some((checkpoint, now));
+                false
+            }
+        }
+    }
+}
 
 /// What [`serve`] needs.
 #[derive(Debug, Clone)]
@@ -112,7 +142,12 @@ pub async fn serve_on(
     reporter
         .set_serving::<SagaGatewayServer<GatewayService>>()
         .await;
-    let health_task = tokio::spawn(report_nats_health(reporter, js.clone(), stop_rx.clone()));
+    let health_task = tokio::spawn(report_health(
+        reporter,
+        js.clone(),
+        projection.clone(),
+        stop_rx.clone(),
+    ));
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(saga_proto::FILE_DESCRIPTOR_SET)
@@ -150,24 +185,49 @@ pub async fn serve_on(
 }
 
 /// Reports `saga.v1.SagaGateway` NOT_SERVING while NATS is disconnected (reads still
-/// work, writes answer UNAVAILABLE), SERVING otherwise.
-async fn report_nats_health(
+/// work, writes answer UNAVAILABLE) or while the projection follower is stuck behind the
+/// journal (reads would be stale), SERVING otherwise.
+async fn report_health(
     reporter: HealthReporter,
     js: jetstream::Context,
+    projection: Arc<Projection>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut serving = true;
+    let mut watch = FollowerWatch::default();
+    let mut stuck = false;
     loop {
         let connected = js.client().connection_state() == State::Connected;
-        if connected != serving {
-            serving = connected;
+        if connected {
+            let last = match js.get_stream(saga_nats::names::JOURNAL_STREAM).await {
+                Ok(mut journal) => journal.info().await.ok().map(|i| i.state.last_sequence),
+                Err(_) => None,
+            };
+            if let (Some(last), Ok(checkpoint)) = (last, projection.checkpoint()) {
+                let now_stuck = watch.stuck(checkpoint, last, tokio::time::Instant::now());
+                if now_stuck && !stuck {
+                    tracing::error!(
+                        checkpoint,
+                        journal_last = last,
+                        "the projection follower has not moved for {FOLLOWER_STUCK_AFTER:?} \
+                         while behind the journal: reads are stale, health is NOT_SERVING"
+                    );
+                }
+                stuck = now_stuck;
+            }
+        }
+        let healthy = connected && !stuck;
+        if healthy != serving {
+            serving = healthy;
             if serving {
-                tracing::info!("NATS reachable again: serving");
+                tracing::info!("NATS reachable and the projection following: serving");
                 reporter
                     .set_serving::<SagaGatewayServer<GatewayService>>()
                     .await;
             } else {
-                tracing::warn!("NATS unreachable: writes answer UNAVAILABLE until it returns");
+                if !connected {
+                    tracing::warn!("NATS unreachable: writes answer UNAVAILABLE until it returns");
+                }
                 reporter
                     .set_not_serving::<SagaGatewayServer<GatewayService>>()
                     .await;
@@ -177,5 +237,36 @@ async fn report_nats_health(
             _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
             _ = stop.changed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_follower_is_stuck_only_when_behind_and_not_moving_for_the_whole_window() {
+        let t0 = tokio::time::Instant::now();
+        let mut w = FollowerWatch::default();
+        assert!(!w.stuck(10, 10, t0), "caught up");
+        assert!(!w.stuck(10, 20, t0), "behind, just seen");
+        assert!(!w.stuck(10, 20, t0 + FOLLOWER_STUCK_AFTER / 2));
+        assert!(
+            w.stuck(10, 25, t0 + FOLLOWER_STUCK_AFTER),
+            "not moving for the window"
+        );
+        assert!(
+            !w.stuck(11, 25, t0 + FOLLOWER_STUCK_AFTER * 2),
+            "moving again"
+        );
+        assert!(!w.stuck(
+            11,
+            25,
+            t0 + FOLLOWER_STUCK_AFTER * 2 + FOLLOWER_STUCK_AFTER / 2
+        ));
+        assert!(
+            !w.stuck(25, 25, t0 + FOLLOWER_STUCK_AFTER * 4),
+            "caught up again"
+        );
     }
 }

@@ -14,7 +14,7 @@ use saga_nats::NatsPublisher;
 use saga_ports::Publisher;
 use saga_proto::saga_gateway_server::SagaGateway;
 use saga_proto::{self as pb, Message};
-use saga_runtime::envelope::{cancel_message, start_message};
+use saga_runtime::envelope::{cancel_message, order_placed_message, start_message};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
@@ -186,6 +186,19 @@ impl GatewayService {
             }
         }
         let payload = payload_for(&id)?;
+        if let Some(pb::Payload {
+            kind: Some(pb::payload::Kind::Order(order)),
+        }) = &payload
+        {
+            // Announced before the start, so it precedes the saga's own events (the
+            // event catalog's "OrderPlaced must precede OrderConfirmed"); create-only, so
+            // a replayed request announces nothing new.
+            let placed = order_placed_message(&id, order, now);
+            self.publisher
+                .publish_new(&placed)
+                .await
+                .map_err(GatewayError::from)?;
+        }
         let msg = start_message(saga_type, &id, payload, key, self.partitions, now);
         let ack = self
             .publisher
@@ -205,10 +218,62 @@ impl GatewayService {
         Ok((id, saga))
     }
 
-    fn known(&self, id: &SagaId) -> Result<pb::Saga, Status> {
-        self.projection
-            .get(id)?
-            .ok_or_else(|| Status::not_found(format!("saga `{id}` not found")))
+    /// The saga as the projection has it. One the projection lacks is looked for on the
+    /// broker (its journal, or its start waiting in `SAGA_INBOX`): a saga that exists
+    /// there (another gateway accepted it, or this one's follower is behind) answers
+    /// `UNAVAILABLE`, never `NOT_FOUND`, so that no client places it again.
+    async fn known(&self, id: &SagaId) -> Result<pb::Saga, Status> {
+        if let Some(saga) = self.projection.get(id)? {
+            return Ok(saga);
+        }
+        match self.on_the_broker(id).await {
+            Ok(None) => Err(Status::not_found(format!("saga `{id}` not found"))),
+            Ok(Some(where_)) => Err(Status::unavailable(format!(
+                "saga `{id}` exists ({where_}) but this gateway's read model has not caught up \
+                 with it yet; retry shortly"
+            ))),
+            Err(e) => Err(Status::unavailable(format!(
+                "saga `{id}` is not in this gateway's read model and NATS cannot be asked \
+                 whether it exists ({e}); retry shortly"
+            ))),
+        }
+    }
+
+    /// Where the broker has saga `id`, if anywhere: the last record of its journal (for
+    /// each type this gateway knows), else its start in `SAGA_INBOX`.
+    async fn on_the_broker(&self, id: &SagaId) -> Result<Option<String>, String> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind as Kind;
+        let id_text = id.to_string();
+        let journal = self
+            .js
+            .get_stream(saga_nats::names::JOURNAL_STREAM)
+            .await
+            .map_err(|e| e.to_string())?;
+        for saga_type in self.definitions.keys() {
+            let subject = saga_nats::names::journal_subject(saga_type, &id_text);
+            match journal.get_last_raw_message_by_subject(&subject).await {
+                Ok(m) => {
+                    let version = pb::JournalEvent::decode(m.payload.as_ref())
+                        .map(|e| e.version)
+                        .unwrap_or_default();
+                    return Ok(Some(format!("its journal is at version {version}")));
+                }
+                Err(e) if e.kind() == Kind::NoMessageFound => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        let inbox = self
+            .js
+            .get_stream(saga_nats::names::INBOX_STREAM)
+            .await
+            .map_err(|e| e.to_string())?;
+        let partition = saga_core::ids::partition_of(id, self.partitions);
+        let subject = saga_nats::names::inbox_subject(partition, &id_text);
+        match inbox.get_last_raw_message_by_subject(&subject).await {
+            Ok(_) => Ok(Some("its start is accepted and waits for a worker".into())),
+            Err(e) if e.kind() == Kind::NoMessageFound => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 
@@ -302,7 +367,7 @@ impl SagaGateway for GatewayService {
         request: Request<pb::GetSagaRequest>,
     ) -> Result<Response<pb::Saga>, Status> {
         let id = validate::saga_id(&request.get_ref().saga_id)?;
-        Ok(Response::new(self.known(&id)?))
+        Ok(Response::new(self.known(&id).await?))
     }
 
     async fn list_sagas(
@@ -332,7 +397,7 @@ impl SagaGateway for GatewayService {
         // Subscribe before reading the snapshot: a change committed in between is then
         // in the channel (and skipped if the snapshot already has it).
         let changes = self.projection.subscribe();
-        let current = self.known(&id)?;
+        let current = self.known(&id).await?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         tokio::spawn(watch_one(
             id,
@@ -350,7 +415,7 @@ impl SagaGateway for GatewayService {
         request: Request<pb::GetSagaHistoryRequest>,
     ) -> Result<Response<pb::GetSagaHistoryResponse>, Status> {
         let id = validate::saga_id(&request.get_ref().saga_id)?;
-        self.known(&id)?;
+        self.known(&id).await?;
         Ok(Response::new(pb::GetSagaHistoryResponse {
             events: self.projection.history(&id)?,
         }))
@@ -363,7 +428,7 @@ impl SagaGateway for GatewayService {
         let req = request.into_inner();
         let id = validate::saga_id(&req.saga_id)?;
         validate::reason(&req.reason)?;
-        let saga = self.known(&id)?;
+        let saga = self.known(&id).await?;
         if !is_terminal(saga.state) {
             self.ensure_connected()?;
             let reason = if req.reason.trim().is_empty() {
