@@ -251,6 +251,32 @@ pub fn domain_event_message(
     }
 }
 
+/// `OrderPlaced`, announced by the gateway before it starts an order's saga (so that it
+/// precedes the saga's own events on `SAGA_EVENTS`): create-only on
+/// `events.orders.OrderPlaced.<saga_id>`, message id `event:<saga_id>:OrderPlaced`, the
+/// saga id as correlation id.
+pub fn order_placed_message(
+    saga_id: &SagaId,
+    order: &pb::Order,
+    now: Timestamp,
+) -> OutgoingMessage {
+    let correlation_id = saga_id.to_string();
+    OutgoingMessage {
+        subject: format!("events.orders.OrderPlaced.{saga_id}"),
+        msg_id: format!("event:{saga_id}:OrderPlaced"),
+        headers: Headers::from([(header::SAGA_ID.to_string(), correlation_id.clone())]),
+        payload: pb::OrderPlaced {
+            order_id: order.order_id.clone(),
+            customer_id: order.customer_id.clone(),
+            items: order.items.clone(),
+            total_cents: order.total_cents,
+            placed_at: Some(pb::timestamp(now)),
+            correlation_id,
+        }
+        .encode_to_vec(),
+    }
+}
+
 /// The snapshot's bytes in a journal record (JSON; byte fields as base64).
 pub fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
     // Serialising plain data to a Vec cannot fail.
