@@ -92,7 +92,17 @@ impl Inventory {
                     item.sku, item.quantity
                 )));
             }
-            *wanted.entry(item.sku.clone()).or_default() += item.quantity;
+            let total = wanted.entry(item.sku.clone()).or_default();
+            *total = match total.checked_add(item.quantity) {
+                Some(t) => t,
+                None => {
+                    return Ok(Reply::BusinessFailure(format!(
+                        "invalid payload: the quantities of SKU {} add up to more than {}",
+                        item.sku,
+                        i64::MAX
+                    )))
+                }
+            };
         }
         // Check everything before writing anything: all or none.
         let mut after = Vec::with_capacity(wanted.len());
@@ -139,7 +149,8 @@ impl Inventory {
             Some(mut r) => {
                 for (sku, quantity) in &r.items {
                     let available = self.available(tx, sku)?;
-                    Self::set(tx, sku, available + quantity)?;
+                    // Saturating: stock is never wrapped negative by a release.
+                    Self::set(tx, sku, available.saturating_add(*quantity))?;
                 }
                 r.status = "released".into();
                 json::put(tx, RESERVATIONS_TREE, &key, &r)?;
@@ -153,7 +164,13 @@ impl Inventory {
 fn reserved(key: &str, r: &Reservation) -> Reply {
     Reply::Ok(result([
         ("reservation_id", key.into()),
-        ("units", r.items.values().sum::<i64>().into()),
+        (
+            "units",
+            r.items
+                .values()
+                .fold(0i64, |n, q| n.saturating_add(*q))
+                .into(),
+        ),
     ]))
 }
 

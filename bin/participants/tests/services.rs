@@ -423,3 +423,42 @@ fn ledger_counts_read_a_stopped_participants_directory() {
     assert_eq!(entries[0].key, "s1/ReserveStock");
     assert_eq!(ledger::summary(&entries), "ledger: 1 effects (reserve=1)");
 }
+
+#[test]
+fn inventory_refuses_quantities_that_overflow_and_never_wraps_stock() {
+    let inv = Svc::new("inventory", Inventory::new(i64::MAX));
+    let db = inv.store.db().clone();
+    let twice_max = cmd(
+        "s1",
+        "ReserveStock",
+        "ReserveStock",
+        false,
+        order("o1", "c", &[("A", i64::MAX), ("A", i64::MAX)], 0),
+    );
+    let reason = business_failure(&inv.apply(&twice_max));
+    assert!(
+        reason.contains("the quantities of SKU A add up to more than 9223372036854775807"),
+        "{reason}"
+    );
+    assert_eq!(inventory::stock(&db, "A", i64::MAX).unwrap(), i64::MAX);
+
+    // All of it reserved, then released: back to the maximum, not wrapped negative.
+    let all = cmd(
+        "s2",
+        "ReserveStock",
+        "ReserveStock",
+        false,
+        order("o2", "c", &[("A", i64::MAX)], 0),
+    );
+    assert!(matches!(inv.apply(&all), Applied::Executed(_)));
+    assert_eq!(inventory::stock(&db, "A", i64::MAX).unwrap(), 0);
+    let release = cmd(
+        "s2",
+        "ReserveStock",
+        "ReleaseStock",
+        true,
+        order("o2", "c", &[("A", i64::MAX)], 0),
+    );
+    assert!(matches!(inv.apply(&release), Applied::Executed(_)));
+    assert_eq!(inventory::stock(&db, "A", i64::MAX).unwrap(), i64::MAX);
+}

@@ -20,6 +20,9 @@ pub fn saga_id(id: &str) -> Result<SagaId, GatewayError> {
     SagaId::parse(id).map_err(|e| GatewayError::invalid("saga_id", e.to_string()))
 }
 
+/// Lines of one order.
+pub const MAX_ITEMS: usize = 256;
+
 /// The idempotency key, if any: at most [`MAX_KEY_BYTES`].
 pub fn idempotency_key(key: &str) -> Result<Option<String>, GatewayError> {
     if key.len() > MAX_KEY_BYTES {
@@ -60,6 +63,12 @@ pub fn order(req: &pb::PlaceOrderRequest, order_id: &str) -> Result<pb::Payload,
         return Err(GatewayError::invalid(
             "items",
             "at least one item is required",
+        ));
+    }
+    if req.items.len() > MAX_ITEMS {
+        return Err(GatewayError::invalid(
+            "items",
+            format!("at most {MAX_ITEMS} lines (got {})", req.items.len()),
         ));
     }
     let mut total: i64 = 0;
@@ -202,6 +211,16 @@ mod tests {
         }
     }
 
+    #[test]
+    fn an_order_has_at_most_max_items_lines() {
+        let lines = |n| (0..n).map(|i| item(&format!("sku-{i}"), 1, 1)).collect();
+        assert!(order(&req("c", lines(MAX_ITEMS)), "o").is_ok());
+        assert_eq!(
+            refusal(order(&req("c", lines(MAX_ITEMS + 1)), "o")),
+            format!("items: at most {MAX_ITEMS} lines (got {})", MAX_ITEMS + 1)
+        );
+    }
+
     fn refusal(r: Result<pb::Payload, GatewayError>) -> String {
         r.unwrap_err().to_string()
     }
@@ -236,8 +255,8 @@ mod tests {
             .starts_with("items[0].unit_price_cents: must not be negative"));
         assert!(refusal(order(&req("c", vec![item("a", i64::MAX, 2)]), "o"))
             .starts_with("items[0]: the order total overflows"));
-        let many = (0..3000)
-            .map(|i| item(&format!("sku-{i:030}"), 1, 1))
+        let many = (0..MAX_ITEMS)
+            .map(|i| item(&format!("sku-{i:0246}"), 1, 1))
             .collect();
         assert!(refusal(order(&req("c", many), "o")).starts_with("items: the order encodes to"));
     }
