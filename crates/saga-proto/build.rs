@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "saga/v1/orders.proto",
         "saga/v1/gateway.proto",
         "saga/es/v1/es.proto",
+        "saga/es/v1/bank.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());

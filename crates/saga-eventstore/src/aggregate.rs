@@ -391,6 +391,35 @@ impl<A: Aggregate> Repository<A> {
         }
     }
 
+    /// Stores a snapshot of the current state now, whatever the interval says (e.g.
+    /// before a long stream is read often). Returns its version (0: no events).
+    pub async fn snapshot(&self, id: &str) -> Result<u64, EsError> {
+        let stream = self.stream(id)?;
+        let loaded = self.load(id).await?;
+        if loaded.version == 0 {
+            return Ok(0);
+        }
+        let state = serde_json::to_vec(&loaded.state).map_err(|e| {
+            EsError::with_source(
+                ErrorKind::Invalid,
+                format!("encoding the state of {stream}"),
+                e,
+            )
+        })?;
+        self.snapshots
+            .save(
+                &stream,
+                Snapshot {
+                    version: loaded.version,
+                    position: loaded.position,
+                    timestamp: loaded.timestamp,
+                    state,
+                },
+            )
+            .await?;
+        Ok(loaded.version)
+    }
+
     async fn maybe_snapshot(
         &self,
         stream: &StreamId,

@@ -86,6 +86,12 @@ impl SledViews {
         Ok(Self { db, meta })
     }
 
+    /// Writes everything to disk.
+    pub fn flush(&self) -> Result<(), EsError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
     fn tree(&self, name: &str, generation: u64) -> Result<sled::Tree, EsError> {
         Ok(self.db.open_tree(format!("view:{name}:{generation}"))?)
     }

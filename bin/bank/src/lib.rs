@@ -1,0 +1,13 @@
+//! The `bank` service: `saga.es.v1.Bank` over the BankAccount aggregate, its two
+//! projections (AccountBalanceView, TransactionHistoryView) in a sled directory, and a
+//! control endpoint on NATS for `sagactl projection`.
+//!
+//! | NATS request subject                       | answer (JSON)                    |
+//! |--------------------------------------------|----------------------------------|
+//! | `es-ctl.projection.<name>.status`          | `{name, generation, checkpoint, lag, rebuilding}` |
+//! | `es-ctl.projection.<name>.rebuild`         | `{generation, checkpoint, took_ms}` or `{error}`  |
+
+pub mod control;
+pub mod service;
+
+pub use service::{serve_on, BankConfig};
