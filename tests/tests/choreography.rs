@@ -149,6 +149,25 @@ async fn a_placed_order_reaches_the_three_consumers_and_a_poisoned_event_is_redr
         "one dead letter, redriven once: {listed}"
     );
 
+    // Purge asks for confirmation, then removes the dead letter and its redrive record.
+    let unconfirmed = Command::new(binary("sagactl"))
+        .env("NATS_URL", stack.nats.url())
+        .args(["dlq", "purge"])
+        .output()
+        .unwrap();
+    assert_eq!(unconfirmed.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&unconfirmed.stderr).contains("1 dead letter(s) would be deleted")
+    );
+    let purged = sagactl(&stack, &["dlq", "purge", "--yes"]);
+    assert!(String::from_utf8_lossy(&purged.stdout).contains("purged 2 message(s)"));
+    let listed = sagactl(&stack, &["dlq", "ls"]);
+    assert_eq!(
+        String::from_utf8_lossy(&listed.stdout).lines().count(),
+        1,
+        "only the header"
+    );
+
     for p in [&mut notification, &mut shipping, &mut rewards] {
         p.terminate(Duration::from_secs(10)).unwrap();
     }

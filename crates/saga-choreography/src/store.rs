@@ -435,3 +435,179 @@ fn read_u64(bytes: &[u8]) -> Result<u64, ChoreographyError> {
     })?;
     Ok(u64::from_be_bytes(arr))
 }
+
+#[cfg(test)]
+mod tests {
+    use saga_core::catalog::parse_catalog;
+
+    use super::*;
+
+    const CATALOG: &str = include_str!("../../../events/order-events.yaml");
+
+    /// Counts its effects per key, and fails on demand.
+    struct Counter {
+        fail: Option<HandleError>,
+    }
+
+    impl EventHandler for Counter {
+        fn trees(&self) -> &[&str] {
+            &["effects"]
+        }
+        fn handle(
+            &self,
+            tx: &EventTx<'_>,
+            event: &Event,
+        ) -> Result<Vec<OutgoingMessage>, HandleError> {
+            tx.insert("effects", format!("{}/{}", event.key, event.name), vec![1])?;
+            if let Some(e) = &self.fail {
+                return Err(e.clone());
+            }
+            Ok(vec![OutgoingMessage {
+                subject: format!("events.orders.Echo.{}", event.key),
+                msg_id: format!("echo:{}", event.key),
+                headers: Default::default(),
+                payload: Vec::new(),
+            }])
+        }
+    }
+
+    fn event(name: &str, key: &str, seq: u64) -> Event {
+        Event {
+            name: name.into(),
+            key: key.into(),
+            correlation_id: None,
+            subject: format!("events.orders.{name}.{key}"),
+            stream_sequence: seq,
+            headers: Default::default(),
+            payload: Vec::new(),
+        }
+    }
+
+    struct Given {
+        store: ConsumerStore,
+        catalog: EventCatalog,
+    }
+
+    impl Given {
+        fn new() -> Self {
+            Self {
+                store: ConsumerStore::temporary().unwrap(),
+                catalog: parse_catalog("c.yaml", CATALOG).unwrap().catalog,
+            }
+        }
+        fn when(
+            &self,
+            h: &Counter,
+            ev: &Event,
+            handled: bool,
+            now: u64,
+        ) -> Result<Outcome, ApplyError> {
+            let trees = self.store.handler_trees(h).unwrap();
+            self.store.apply(
+                &trees,
+                &Run {
+                    catalog: &self.catalog,
+                    handler: h,
+                    event: ev,
+                    handled,
+                    key_field: "orderId",
+                    now,
+                    window: Duration::from_secs(60),
+                    crash_times: None,
+                },
+            )
+        }
+        fn effects(&self) -> usize {
+            self.store.db().open_tree("effects").unwrap().len()
+        }
+    }
+
+    const OK: Counter = Counter { fail: None };
+
+    #[test]
+    fn an_event_is_applied_once_within_the_window_and_its_messages_are_kept() {
+        let g = Given::new();
+        assert_eq!(
+            g.when(&OK, &event("OrderPlaced", "o-1", 1), false, 0),
+            Ok(Outcome::Tracked)
+        );
+        let first = g
+            .when(&OK, &event("OrderConfirmed", "o-1", 2), true, 1_000)
+            .unwrap();
+        let Outcome::Applied {
+            outbox,
+            crash: false,
+        } = first
+        else {
+            panic!("{first:?}")
+        };
+        assert_eq!(outbox[0].subject, "events.orders.Echo.o-1");
+        // The same event again (a redelivery, or a copy on another subject).
+        let again = g
+            .when(&OK, &event("OrderConfirmed", "o-1", 9), true, 30_000)
+            .unwrap();
+        assert_eq!(again, Outcome::Duplicate { outbox });
+        assert_eq!(g.effects(), 1);
+        // Past the window it is handled again, as the window promises.
+        let late = g
+            .when(&OK, &event("OrderConfirmed", "o-1", 10), true, 61_001)
+            .unwrap();
+        assert!(matches!(late, Outcome::Applied { .. }), "{late:?}");
+        assert_eq!(g.store.prune(61_001).unwrap(), 0, "the fresh record stays");
+        assert_eq!(g.store.prune(200_000).unwrap(), 1);
+        assert_eq!(g.store.dedupe_len(), 0);
+    }
+
+    #[test]
+    fn a_violation_is_parked_counted_and_never_applied_even_when_delivered_again() {
+        let g = Given::new();
+        let orphan = event("OrderConfirmed", "o-2", 5);
+        let parked = g.when(&OK, &orphan, true, 0).unwrap();
+        let Outcome::Parked(v) = &parked else {
+            panic!("{parked:?}")
+        };
+        assert_eq!(v.invariant, "OrderPlaced must precede OrderConfirmed");
+        // The placement arrives later: the parked delivery stays parked (redrive it).
+        g.when(&OK, &event("OrderPlaced", "o-2", 6), false, 0)
+            .unwrap();
+        assert_eq!(g.when(&OK, &orphan, true, 0).unwrap(), parked);
+        assert_eq!(g.effects(), 0);
+        assert_eq!(g.store.violations().unwrap(), 1);
+        assert_eq!(g.store.parked().unwrap()[0].stream_sequence, 5);
+        assert_eq!(g.store.seen("o-2").unwrap(), ["OrderPlaced"]);
+    }
+
+    #[test]
+    fn a_failed_handler_leaves_nothing_behind() {
+        let g = Given::new();
+        g.when(&OK, &event("OrderPlaced", "o-3", 1), false, 0)
+            .unwrap();
+        let broken = Counter {
+            fail: Some(HandleError::Technical("db down".into())),
+        };
+        let ev = event("OrderConfirmed", "o-3", 2);
+        assert_eq!(
+            g.when(&broken, &ev, true, 0),
+            Err(ApplyError::Technical("db down".into()))
+        );
+        assert_eq!(g.effects(), 0, "the effect was rolled back");
+        assert_eq!(g.store.dedupe_len(), 0);
+        assert_eq!(g.store.seen("o-3").unwrap(), ["OrderPlaced"]);
+        let all = g.store.record_failure(2, 10, "db down").unwrap();
+        assert_eq!(all[0].attempt, 1);
+        assert_eq!(g.store.record_failure(2, 20, "still").unwrap().len(), 2);
+        let rejected = Counter {
+            fail: Some(HandleError::Reject("unknown".into())),
+        };
+        assert_eq!(
+            g.when(&rejected, &ev, true, 0),
+            Err(ApplyError::Reject("unknown".into()))
+        );
+        assert!(matches!(
+            g.when(&OK, &ev, true, 0),
+            Ok(Outcome::Applied { .. })
+        ));
+        g.store.clear_failures(2).unwrap();
+        assert!(g.store.failures(2).unwrap().is_empty());
+    }
+}
