@@ -45,7 +45,9 @@ pub use error::ParticipantError;
 pub use handler::{Abort, Handler, Reply, Tx};
 pub use knobs::{CrashAfterEffect, Knobs};
 pub use participant::{reply_message, CrashHook, Participant, Settings};
-pub use store::{Applied, ParticipantStore, INBOX_BY_TIME_TREE, INBOX_TREE, KNOBS_TREE};
+pub use store::{
+    Applied, ParticipantStore, INBOX_BY_TIME_TREE, INBOX_TREE, KNOBS_TREE, MAX_RESULT_BYTES,
+};
 
 /// Re-exported so handlers name the same sled and wire types as the SDK.
 pub use saga_proto;

@@ -106,6 +106,10 @@ enum TxAbort {
     Reject(String),
 }
 
+/// The largest step result a handler may return (encoded): later commands of the saga
+/// carry it.
+pub const MAX_RESULT_BYTES: usize = 16 * 1024;
+
 /// How long [`ParticipantStore::open`] waits for a lock that a handle of this process
 /// is releasing.
 pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -299,6 +303,16 @@ impl ParticipantStore {
             let tx = Tx::new(now, &trees.names, &views[3..], inbox);
             let reply = match handler.handle(&tx, cmd) {
                 Ok(Reply::TechnicalFailure(reason)) => return abort(TxAbort::Technical(reason)),
+                // Every later command carries the result: one too large would make them
+                // too large for the broker. Nothing the handler wrote is kept.
+                Ok(Reply::Ok(result)) if result.encoded_len() > MAX_RESULT_BYTES => {
+                    return abort(TxAbort::Technical(format!(
+                        "the result of {} is {} bytes, over the limit of {MAX_RESULT_BYTES}; \
+                         return a reference to the data rather than the data",
+                        cmd.action,
+                        result.encoded_len()
+                    )))
+                }
                 Ok(reply) => reply,
                 Err(Abort::Store(e)) => return Err(e.into()),
                 Err(Abort::Retry(r)) => return abort(TxAbort::Retry(r)),
@@ -435,7 +449,9 @@ mod tests {
     fn a_directory_held_by_a_live_handle_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let _held = ParticipantStore::open(dir.path()).unwrap();
-        let err = ParticipantStore::open(dir.path()).err().expect("refused");
+        let Err(err) = ParticipantStore::open(dir.path()) else {
+            panic!("a held directory was opened twice");
+        };
         assert!(err.to_string().contains("could not acquire lock"), "{err}");
     }
 }

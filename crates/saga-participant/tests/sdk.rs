@@ -49,6 +49,16 @@ impl Handler for TestHandler {
                     )),
                 }))
             }
+            "Huge" => {
+                let id = tx.generate_id()?;
+                tx.insert("effects", id.to_be_bytes(), cmd.idempotency_key.as_bytes())?;
+                Ok(Reply::Ok(Payload {
+                    kind: Some(saga_participant::saga_proto::payload::Kind::Raw(vec![
+                        0;
+                        saga_participant::MAX_RESULT_BYTES
+                    ])),
+                }))
+            }
             "Decline" => Ok(Reply::BusinessFailure("Insufficient stock".into())),
             "Broken" => Err(Abort::Retry("downstream unavailable".into())),
             other => Err(Abort::Reject(format!("unknown action `{other}`"))),
@@ -336,6 +346,27 @@ async fn a_failed_publish_naks_and_the_retry_only_republishes() {
     assert_eq!(h.settled(seq)[1], Settled::Ack);
     assert_eq!(h.effects(), 1);
     assert_eq!(h.replies().len(), 1);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_oversized_result_is_a_technical_failure_and_its_effect_is_rolled_back() {
+    let mut h = start(Options::default());
+    let seq = h.deliver(&command("s1", "Huge", 1));
+    wait_for("ack", || h.settled(seq) == [Settled::Ack]).await;
+    let reason = technical_reason(&h.replies()[0].1)
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        reason.starts_with(&format!(
+            "the result of Huge is {} bytes, over the limit of {}",
+            saga_participant::MAX_RESULT_BYTES + 4,
+            saga_participant::MAX_RESULT_BYTES
+        )),
+        "{reason}"
+    );
+    assert_eq!(h.effects(), 0, "nothing the handler wrote is kept");
+    assert_eq!(h.store.inbox_len(), 0);
     h.shutdown().await;
 }
 

@@ -18,6 +18,9 @@ pub struct MemoryPublisher {
     inner: Arc<Mutex<PublisherInner>>,
     seq: Arc<AtomicU64>,
     fail_next: Arc<AtomicUsize>,
+    /// Payloads over this many bytes are refused for good (0: no limit), as a broker's
+    /// `max_payload` is.
+    max_payload: Arc<AtomicUsize>,
 }
 
 #[derive(Debug, Default)]
@@ -43,6 +46,11 @@ impl MemoryPublisher {
     /// The next `n` publishes fail as unavailable.
     pub fn fail_next(&self, n: usize) {
         self.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Refuses payloads over `bytes` as `Rejected` (a broker's `max_payload`).
+    pub fn max_payload(&self, bytes: usize) {
+        self.max_payload.store(bytes, Ordering::SeqCst);
     }
 }
 
@@ -73,6 +81,13 @@ impl Publisher for MemoryPublisher {
             .is_ok()
         {
             return Err(PortError::Unavailable("injected failure".into()));
+        }
+        let max = self.max_payload.load(Ordering::SeqCst);
+        if max > 0 && msg.payload.len() > max {
+            return Err(PortError::Rejected(format!(
+                "maximum payload exceeded: {} bytes over {max}",
+                msg.payload.len()
+            )));
         }
         let mut inner = self.inner.lock().unwrap();
         if let Some(seq) = inner.ids.get(&msg.msg_id) {

@@ -132,7 +132,13 @@ pub fn command_message(
         now,
         timeout,
     );
-    for s in &state.steps {
+    // A compensation undoes its own step: it carries that step's result only (what it
+    // needs to undo, e.g. the reservation id), which keeps it small.
+    for s in state
+        .steps
+        .iter()
+        .filter(|s| !cmd.compensation || s.name == cmd.step)
+    {
         if let Some(result) = s.result.as_ref().filter(|r| !r.is_empty()) {
             if let Ok(p) = pb::Payload::decode(result.as_slice()) {
                 wire.results.insert(s.name.clone(), p);
@@ -326,5 +332,36 @@ pub fn decode_record(sequence: u64, payload: &[u8]) -> Result<DecodedRecord, Str
         input,
         recorded_at: ev.recorded_at.as_ref().map(pb::millis).unwrap_or_default(),
         snapshot,
+    })
+}
+
+/// The input that answers a command the broker refused for good (over its
+/// `max_payload`, say): a technical failure of that attempt, so the step's retry policy,
+/// then its compensation or the saga's failure, run as for a participant that failed,
+/// instead of the command being tried forever. `None` when `msg` is not a command.
+pub fn refused_command(msg: &OutgoingMessage, why: &str) -> Option<Input> {
+    let cmd = pb::StepCommand::decode(msg.payload.as_slice()).ok()?;
+    if !msg.subject.starts_with("saga.cmd.") || cmd.step.is_empty() {
+        return None;
+    }
+    let outcome = saga_core::Outcome::TechnicalFailure {
+        reason: format!(
+            "the command {} ({} bytes) was refused by the broker: {why}",
+            cmd.action,
+            msg.payload.len()
+        ),
+    };
+    Some(if cmd.compensation {
+        Input::CompensationReply {
+            step: cmd.step,
+            attempt: cmd.attempt,
+            outcome,
+        }
+    } else {
+        Input::StepReply {
+            step: cmd.step,
+            attempt: cmd.attempt,
+            outcome,
+        }
     })
 }

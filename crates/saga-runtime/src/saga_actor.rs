@@ -15,7 +15,7 @@ use saga_ports::{
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, warn};
 
-use crate::envelope::decode_record;
+use crate::envelope::{decode_record, refused_command};
 use crate::interpret;
 use crate::{Context, FaultPoint, RuntimeError};
 
@@ -72,6 +72,8 @@ pub struct SagaActorState {
     resume: bool,
     /// Set when the last journal append was fenced (the local copy was dropped).
     fenced: bool,
+    /// Answers to commands the broker refused for good, applied after the relay.
+    refused: Vec<Input>,
 }
 
 impl Actor for SagaActor {
@@ -95,6 +97,7 @@ impl Actor for SagaActor {
             activity: 0,
             resume: args.resume,
             fenced: false,
+            refused: Vec::new(),
         })
     }
 
@@ -196,6 +199,20 @@ impl Actor for SagaActor {
                     myself.stop(Some("terminal".into()));
                 }
                 return Ok(());
+            }
+        }
+        while !st.refused.is_empty() {
+            for input in std::mem::take(&mut st.refused) {
+                let applied = st
+                    .stored
+                    .as_ref()
+                    .is_some_and(|s| s.state.applied_inputs.contains(&input.id()));
+                if !applied {
+                    st.transition(&myself, &input).await?;
+                }
+            }
+            if let Err(e) = st.relay().await {
+                st.recover_from_fence(&myself, e).await?;
             }
         }
         if st.is_done()? {
@@ -546,7 +563,19 @@ impl SagaActorState {
                 }
                 OutboxItem::Message(msg) => {
                     let publisher = self.ctx.publisher.clone();
-                    patiently(&self.ctx, || publisher.publish(msg)).await?;
+                    match patiently(&self.ctx, || publisher.publish(msg)).await {
+                        Ok(_) => {}
+                        // Refused for good (too large): answered as a failed attempt,
+                        // never tried again as it is.
+                        Err(PortError::Rejected(why)) => match refused_command(msg, &why) {
+                            Some(input) => {
+                                warn!(saga_id = %id, subject = %msg.subject, %why, "the broker refuses this command: its attempt fails");
+                                self.refused.push(input);
+                            }
+                            None => return Err(PortError::Rejected(why).into()),
+                        },
+                        Err(e) => return Err(e.into()),
+                    }
                     self.ctx.store.outbox_done(&id, entry.position, None)?;
                 }
                 OutboxItem::Event(msg) => {

@@ -38,7 +38,13 @@ struct Rig {
 }
 
 fn rig(store: Arc<dyn SagaStore>) -> (Rig, MemoryConsumer) {
-    let def = checkout();
+    rig_with(store, checkout())
+}
+
+fn rig_with(
+    store: Arc<dyn SagaStore>,
+    def: Arc<saga_core::SagaDefinition>,
+) -> (Rig, MemoryConsumer) {
     let (feed, consumer) = memory_consumer();
     let publisher = MemoryPublisher::default();
     let journal = MemoryJournal::default();
@@ -822,5 +828,90 @@ async fn a_redelivered_start_on_another_worker_does_not_hold_back_the_input_behi
         "{inputs:?}"
     );
     assert_eq!(rig.publisher.on("events.orders.OrderConfirmed").len(), 1);
+    worker.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_command_the_broker_refuses_fails_its_attempt_and_the_saga_ends_visibly() {
+    // The checkout, with a confirmation that is not retried (no backoff to wait for).
+    let yaml = include_str!("../../../sagas/order-checkout.yaml")
+        .replace("retryPolicy: exponentialBackoff(5)", "retryPolicy: none");
+    let def = Arc::new(
+        parse_definition("order-checkout.yaml", &yaml)
+            .unwrap()
+            .definition,
+    );
+    let (rig, consumer) = rig_with(Arc::new(MemoryStore::default()), def);
+    // Each of the first two steps answers with a 900-byte result; the confirmation
+    // carries both and is over the broker's limit, each compensation carries its own
+    // step's result only and fits.
+    rig.publisher.max_payload(1500);
+    let worker = Worker::start(rig.ctx.clone(), vec![(0, Box::new(consumer))])
+        .await
+        .unwrap();
+    rig.start("s-big");
+    let big = |cmd: &pb::StepCommand| {
+        let result = (!cmd.compensation && cmd.step != "ConfirmOrder").then(|| pb::Payload {
+            kind: Some(pb::payload::Kind::Raw(vec![7u8; 900])),
+        });
+        pb::step_reply::Outcome::Ok(pb::StepOk { result })
+    };
+    assert_eq!(
+        rig.run_until_terminal("s-big", &big).await,
+        SagaStatus::Failed
+    );
+    // The refused command was never published; the compensations were, in reverse.
+    let actions: Vec<String> = rig
+        .publisher
+        .on("saga.cmd.")
+        .iter()
+        .map(|m| {
+            pb::StepCommand::decode(m.payload.as_slice())
+                .unwrap()
+                .action
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "ReserveStock",
+            "ChargePayment",
+            "RefundPayment",
+            "ReleaseStock"
+        ]
+    );
+    // The journal says why, for the user to read.
+    let last = rig
+        .journal
+        .last("OrderCheckout", "s-big")
+        .await
+        .unwrap()
+        .unwrap();
+    let state = decode_record(last.sequence, &last.payload)
+        .unwrap()
+        .snapshot
+        .unwrap()
+        .state;
+    let why = state.failure_reason.unwrap_or_default();
+    assert!(why.contains("ConfirmOrder"), "{why}");
+    let inputs = rig.journal_inputs("s-big");
+    assert!(
+        inputs.iter().any(|i| i == "do:ConfirmOrder:1:technical"),
+        "{inputs:?}"
+    );
+    // ...and the attempt's error, as GetSagaHistory shows it.
+    let subject = "saga.journal.OrderCheckout.s-big".to_string();
+    let reasons: Vec<String> = rig.journal.subjects()[&subject]
+        .iter()
+        .flat_map(|p| pb::JournalEvent::decode(p.as_slice()).unwrap().events)
+        .map(|e| e.reason)
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("the command ConfirmOrder (")
+                && r.contains("bytes) was refused by the broker: maximum payload exceeded")),
+        "{reasons:?}"
+    );
     worker.shutdown(Duration::from_secs(1)).await;
 }
