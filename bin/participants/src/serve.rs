@@ -24,6 +24,10 @@ pub struct CommonArgs {
     /// Saga partitions to provision (must match the workers').
     #[arg(long, env = "SAGA_PARTITIONS", default_value_t = 16)]
     pub partitions: u32,
+    /// Replicas of the streams and buckets this process creates when they are missing
+    /// (1 on a single server, 3 in production clusters). Existing ones keep theirs.
+    #[arg(long, env = "NATS_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=5))]
+    pub replicas: u16,
     /// Latency added to every fresh execution, in milliseconds.
     #[arg(long, env = "LATENCY_MS", default_value_t = 0)]
     pub latency_ms: u64,
@@ -110,6 +114,7 @@ pub async fn run(
     let js = async_nats::jetstream::new(client.clone());
     let config = ProvisionConfig {
         partitions: args.partitions,
+        replicas: usize::from(args.replicas),
         ..ProvisionConfig::default()
     };
     saga_nats::provision_streams(&js, &config)

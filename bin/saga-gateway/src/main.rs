@@ -37,6 +37,10 @@ struct Args {
     /// Partition count of the deployment (the workers' --partitions).
     #[arg(long, env = "PARTITIONS", default_value_t = 16)]
     partitions: u32,
+    /// Replicas of the streams and buckets this process creates when they are missing
+    /// (1 on a single server, 3 in production clusters). Existing ones keep theirs.
+    #[arg(long, env = "NATS_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=5))]
+    replicas: u16,
     /// How long idempotency keys are remembered, in seconds.
     #[arg(long, env = "REQUEST_WINDOW_SECS", default_value_t = 24 * 3600)]
     request_window_secs: u64,
@@ -79,6 +83,7 @@ async fn run(args: Args) -> Result<()> {
         &js,
         &ProvisionConfig {
             partitions: args.partitions,
+            replicas: usize::from(args.replicas),
             ..ProvisionConfig::default()
         },
     )
@@ -118,7 +123,7 @@ async fn run(args: Args) -> Result<()> {
         partitions: args.partitions,
         definitions,
         request_window: Duration::from_secs(args.request_window_secs.max(1)),
-        replicas: 1,
+        replicas: usize::from(args.replicas),
     };
     saga_gateway::serve_on(listener, config, js, shutdown_signal())
         .await

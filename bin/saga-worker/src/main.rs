@@ -37,6 +37,10 @@ struct Args {
     /// Partition count of the deployment.
     #[arg(long, env = "PARTITIONS", default_value_t = 16)]
     partitions: u32,
+    /// Replicas of the streams and buckets this process creates when they are missing
+    /// (1 on a single server, 3 in production clusters). Existing ones keep theirs.
+    #[arg(long, env = "NATS_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=5))]
+    replicas: u16,
     /// Seconds before an unacknowledged input is delivered again (the partition
     /// consumers' ack wait); also the first step of their redelivery backoff.
     #[arg(long, env = "INPUT_ACK_WAIT_SECS", default_value_t = 30)]
@@ -101,6 +105,7 @@ async fn run(args: Args) -> Result<()> {
                 backoff: vec![ack_wait, ack_wait * 2, ack_wait * 4],
                 ..ConsumerSettings::default()
             },
+            replicas: usize::from(args.replicas),
             ..ProvisionConfig::default()
         },
     )

@@ -28,28 +28,29 @@ pub const DEFAULT_REQUEST_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// Attempts at claiming a key that keeps disappearing under us (expiry races).
 const CLAIM_ATTEMPTS: usize = 3;
 
-/// Creates the `saga_requests` bucket, or updates it to `window` and `replicas`.
+/// Creates the `saga_requests` bucket with `window` and `replicas` if it is missing; an
+/// existing one keeps the operator's settings (what differs is logged).
 pub async fn ensure_requests_bucket(
     js: &jetstream::Context,
     window: Duration,
     replicas: usize,
 ) -> Result<kv::Store, GatewayError> {
-    js.create_or_update_key_value(kv::Config {
-        bucket: REQUESTS_BUCKET.to_string(),
-        description: "Idempotency keys of gateway requests -> saga".to_string(),
-        history: 1,
-        max_age: window,
-        num_replicas: replicas.max(1),
-        storage: jetstream::stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .map_err(|source| {
-        GatewayError::Nats(saga_nats::NatsError::KeyValue {
+    saga_nats::ensure_bucket(
+        js,
+        kv::Config {
             bucket: REQUESTS_BUCKET.to_string(),
-            source,
-        })
-    })
+            description: "Idempotency keys of gateway requests -> saga".to_string(),
+            history: 1,
+            max_age: window,
+            num_replicas: replicas.max(1),
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        },
+    )
+    .await?;
+    js.get_key_value(REQUESTS_BUCKET)
+        .await
+        .map_err(|e| GatewayError::Unavailable(format!("opening KV {REQUESTS_BUCKET}: {e}")))
 }
 
 /// What the bucket remembers of a request.

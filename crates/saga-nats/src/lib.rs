@@ -41,8 +41,8 @@ pub use error::NatsError;
 pub use journal::NatsJournal;
 pub use open::NatsOpenSagas;
 pub use provision::{
-    ensure_event_consumer, ensure_partition_consumer, ensure_service_consumer, provision,
-    provision_streams, ConsumerSettings, ProvisionConfig, Provisioned,
+    ensure_bucket, ensure_event_consumer, ensure_partition_consumer, ensure_service_consumer,
+    provision, provision_streams, stream_drift, ConsumerSettings, ProvisionConfig, Provisioned,
 };
 pub use publisher::NatsPublisher;
 

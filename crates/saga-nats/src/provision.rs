@@ -285,6 +285,9 @@ pub struct Provisioned {
     pub buckets: Vec<String>,
     /// Partition consumers (on `SAGA_INBOX`).
     pub consumers: Vec<String>,
+    /// Settings of existing streams and buckets that differ from this configuration and
+    /// were kept (`SAGA_JOURNAL: max_age 1h (default: none)`).
+    pub kept: Vec<String>,
 }
 
 /// Creates, or updates to `config`, every stream, both KV buckets and the partition
@@ -331,28 +334,31 @@ pub struct Provisioned {
 /// # Idempotence
 ///
 /// Creating an object with the same configuration succeeds on JetStream, and creating a
-/// consumer is create-or-update, so two processes provisioning at once both succeed. A
-/// stream or bucket that exists with another configuration is updated to ours; a change
-/// JetStream cannot make in place (retention policy, storage type) fails with
-/// [`NatsError::Stream`] and needs an operator.
+/// consumer is create-or-update, so two processes provisioning at once both succeed.
+///
+/// # An operator's settings are kept
+///
+/// What is missing is created with this configuration. A stream or bucket that exists is
+/// left as the operator set it (replicas, limits, max age, ...): the settings that differ
+/// from ours are logged at `warn` and returned in [`Provisioned::kept`]. Only what this
+/// version cannot work without is added to an existing stream: its subjects and direct
+/// reads (`allow_direct`). Partition consumers are ours and are created or updated.
 pub async fn provision(
     js: &jetstream::Context,
     config: &ProvisionConfig,
 ) -> Result<Provisioned, NatsError> {
     config.validate()?;
     let mut streams = Vec::new();
+    let mut kept = Vec::new();
     for stream_config in config.stream_configs() {
-        streams.push(ensure_stream(js, stream_config).await?);
+        let name = stream_config.name.clone();
+        kept.extend(ensure_stream(js, stream_config).await?);
+        streams.push(name);
     }
     let mut buckets = Vec::new();
     for bucket in config.bucket_configs() {
         let name = bucket.bucket.clone();
-        js.create_or_update_key_value(bucket)
-            .await
-            .map_err(|source| NatsError::KeyValue {
-                bucket: name.clone(),
-                source,
-            })?;
+        kept.extend(ensure_bucket(js, bucket).await?);
         buckets.push(name);
     }
     let mut consumers = Vec::new();
@@ -370,6 +376,7 @@ pub async fn provision(
         streams,
         buckets,
         consumers,
+        kept,
     })
 }
 
@@ -383,7 +390,9 @@ pub async fn provision_streams(
     config.validate()?;
     let mut streams = Vec::new();
     for stream_config in config.stream_configs() {
-        streams.push(ensure_stream(js, stream_config).await?);
+        let name = stream_config.name.clone();
+        ensure_stream(js, stream_config).await?;
+        streams.push(name);
     }
     Ok(streams)
 }
@@ -482,7 +491,7 @@ async fn ensure_consumer(
 async fn ensure_stream(
     js: &jetstream::Context,
     config: stream::Config,
-) -> Result<String, NatsError> {
+) -> Result<Vec<String>, NatsError> {
     let name = config.name.clone();
     let err = |source| NatsError::Stream {
         stream: name.clone(),
@@ -491,22 +500,184 @@ async fn ensure_stream(
     for _ in 0..ATTEMPTS {
         // Creating with the configuration it already has is a no-op success.
         match js.create_stream(config.clone()).await {
-            Ok(_) => return Ok(name),
+            Ok(_) => return Ok(Vec::new()),
             Err(e) if is_code(&e, ErrorCode::STREAM_NAME_EXIST) => {}
             Err(e) => return Err(err(e)),
         }
-        match js.update_stream(&config).await {
-            Ok(_) => {
-                tracing::info!(stream = %name, "stream configuration updated");
-                return Ok(name);
-            }
+        let theirs = match js.get_stream(&name).await {
+            Ok(mut s) => match s.info().await {
+                Ok(info) => info.config.clone(),
+                Err(_) => continue,
+            },
             // Deleted between our two calls: create again.
-            Err(e) if e.kind() == CreateStreamErrorKind::NotFound => continue,
-            Err(e) => return Err(err(e)),
+            Err(_) => continue,
+        };
+        // The operator's settings stay; only what this version cannot work without
+        // (its subjects, direct reads) is added to them.
+        let mut needed = theirs.clone();
+        for subject in &config.subjects {
+            if !needed.subjects.contains(subject) {
+                needed.subjects.push(subject.clone());
+            }
         }
+        needed.allow_direct |= config.allow_direct;
+        if needed != theirs {
+            match js.update_stream(&needed).await {
+                Ok(_) => {
+                    tracing::info!(stream = %name, subjects = ?needed.subjects, allow_direct = needed.allow_direct, "stream given what this version needs")
+                }
+                Err(e) if e.kind() == CreateStreamErrorKind::NotFound => continue,
+                Err(e) => return Err(err(e)),
+            }
+        }
+        let kept = stream_drift(&config, &needed)
+            .into_iter()
+            .map(|d| format!("{name}: {d}"))
+            .collect::<Vec<_>>();
+        for d in &kept {
+            tracing::warn!("keeping the operator's setting of {d}");
+        }
+        return Ok(kept);
     }
     Err(NatsError::Contended {
         what: format!("stream {name}"),
+        attempts: ATTEMPTS,
+    })
+}
+
+/// The settings this crate chooses that an existing stream has otherwise:
+/// `max_age 1h (default: none)`.
+pub fn stream_drift(ours: &stream::Config, theirs: &stream::Config) -> Vec<String> {
+    let age = |d: Duration| {
+        if d.is_zero() {
+            "none".to_string()
+        } else {
+            format!("{d:?}")
+        }
+    };
+    let mut out = Vec::new();
+    let mut differs = |what: &str, theirs: String, ours: String| {
+        if theirs != ours {
+            out.push(format!("{what} {theirs} (default: {ours})"));
+        }
+    };
+    differs(
+        "replicas",
+        theirs.num_replicas.to_string(),
+        ours.num_replicas.to_string(),
+    );
+    differs(
+        "storage",
+        format!("{:?}", theirs.storage),
+        format!("{:?}", ours.storage),
+    );
+    differs(
+        "retention",
+        format!("{:?}", theirs.retention),
+        format!("{:?}", ours.retention),
+    );
+    differs(
+        "discard",
+        format!("{:?}", theirs.discard),
+        format!("{:?}", ours.discard),
+    );
+    differs("max_age", age(theirs.max_age), age(ours.max_age));
+    differs(
+        "duplicate_window",
+        age(theirs.duplicate_window),
+        age(ours.duplicate_window),
+    );
+    // Zero and negative limits both mean none.
+    let limit = |n: i64| {
+        if n <= 0 {
+            "unlimited".to_string()
+        } else {
+            n.to_string()
+        }
+    };
+    differs("max_bytes", limit(theirs.max_bytes), limit(ours.max_bytes));
+    differs(
+        "max_messages",
+        limit(theirs.max_messages),
+        limit(ours.max_messages),
+    );
+    differs(
+        "max_messages_per_subject",
+        limit(theirs.max_messages_per_subject),
+        limit(ours.max_messages_per_subject),
+    );
+    differs(
+        "max_message_size",
+        limit(i64::from(theirs.max_message_size)),
+        limit(i64::from(ours.max_message_size)),
+    );
+    out
+}
+
+/// Creates the bucket if it is missing. An existing one keeps its settings; those that
+/// differ from `config` are logged and returned (`saga_workers: max_age 60s (default:
+/// 30s)`).
+pub async fn ensure_bucket(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> Result<Vec<String>, NatsError> {
+    let name = config.bucket.clone();
+    for _ in 0..ATTEMPTS {
+        if js.get_key_value(&name).await.is_err() {
+            match js.create_key_value(config.clone()).await {
+                Ok(_) => return Ok(Vec::new()),
+                // Created meanwhile by another process: compare with it below.
+                Err(_) if js.get_key_value(&name).await.is_ok() => {}
+                Err(source) => {
+                    return Err(NatsError::KeyValue {
+                        bucket: name.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+        let theirs = match js.get_stream(format!("KV_{name}")).await {
+            Ok(mut s) => match s.info().await {
+                Ok(info) => info.config.clone(),
+                Err(_) => continue,
+            },
+            Err(_) => continue,
+        };
+        let age = |d: Duration| {
+            if d.is_zero() {
+                "none".to_string()
+            } else {
+                format!("{d:?}")
+            }
+        };
+        let mut kept = Vec::new();
+        let replicas = config.num_replicas.max(1);
+        if theirs.num_replicas != replicas {
+            kept.push(format!(
+                "{name}: replicas {} (default: {replicas})",
+                theirs.num_replicas
+            ));
+        }
+        if theirs.max_age != config.max_age {
+            kept.push(format!(
+                "{name}: max_age {} (default: {})",
+                age(theirs.max_age),
+                age(config.max_age)
+            ));
+        }
+        if theirs.max_messages_per_subject != config.history {
+            kept.push(format!(
+                "{name}: history {} (default: {})",
+                theirs.max_messages_per_subject, config.history
+            ));
+        }
+        for d in &kept {
+            tracing::warn!("keeping the operator's setting of {d}");
+        }
+        return Ok(kept);
+    }
+    Err(NatsError::Contended {
+        what: format!("KV bucket {name}"),
         attempts: ATTEMPTS,
     })
 }

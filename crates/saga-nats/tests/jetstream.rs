@@ -206,7 +206,8 @@ async fn provisioning_is_idempotent_and_creates_the_documented_names() {
         Err(NatsError::InvalidName(_))
     ));
 
-    // A changed configuration is applied to what exists.
+    // Another configuration does not overwrite the streams that exist (an operator's
+    // settings win; the difference is reported), but the partition consumers are ours.
     let changed = ProvisionConfig {
         duplicate_window: Duration::from_secs(60),
         partition_consumer: ConsumerSettings {
@@ -215,7 +216,14 @@ async fn provisioning_is_idempotent_and_creates_the_documented_names() {
         },
         ..config()
     };
-    provision(&js_b, &changed).await.unwrap();
+    let again = provision(&js_b, &changed).await.unwrap();
+    assert!(
+        again
+            .kept
+            .contains(&"SAGA_COMMANDS: duplicate_window 120s (default: 60s)".to_string()),
+        "{:?}",
+        again.kept
+    );
     let info = js_a
         .get_stream("SAGA_COMMANDS")
         .await
@@ -223,7 +231,7 @@ async fn provisioning_is_idempotent_and_creates_the_documented_names() {
         .get_info()
         .await
         .unwrap();
-    assert_eq!(info.config.duplicate_window, Duration::from_secs(60));
+    assert_eq!(info.config.duplicate_window, Duration::from_secs(120));
     let p0 = inbox.consumer_info("saga-p0").await.unwrap();
     assert_eq!(p0.config.max_deliver, 20);
 }
@@ -742,4 +750,37 @@ async fn connecting_to_a_wrong_url_fails_at_once() {
             "{bad:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn provisioning_keeps_what_an_operator_changed_and_says_so() {
+    let (_nats, js) = setup().await;
+    // An operator tunes the journal and the workers' bucket, and turns direct reads off.
+    let mut journal = js.get_stream(names::JOURNAL_STREAM).await.unwrap();
+    let mut tuned = journal.info().await.unwrap().config.clone();
+    tuned.max_age = Duration::from_secs(3600);
+    tuned.max_bytes = 1 << 30;
+    tuned.allow_direct = false;
+    js.update_stream(&tuned).await.unwrap();
+    let mut workers = js.get_stream("KV_saga_workers").await.unwrap();
+    let mut kv_tuned = workers.info().await.unwrap().config.clone();
+    kv_tuned.max_age = Duration::from_secs(60);
+    js.update_stream(&kv_tuned).await.unwrap();
+
+    // Every process provisions again at start.
+    let again = provision(&js, &config()).await.unwrap();
+    assert_eq!(
+        again.kept,
+        [
+            "SAGA_JOURNAL: max_age 3600s (default: none)",
+            "SAGA_JOURNAL: max_bytes 1073741824 (default: unlimited)",
+            "saga_workers: max_age 60s (default: 30s)",
+        ]
+    );
+    let now = journal.info().await.unwrap().config.clone();
+    assert_eq!(now.max_age, Duration::from_secs(3600), "kept");
+    assert_eq!(now.max_bytes, 1 << 30, "kept");
+    assert!(now.allow_direct, "what this version needs is given back");
+    let now = workers.info().await.unwrap().config.clone();
+    assert_eq!(now.max_age, Duration::from_secs(60), "kept");
 }
