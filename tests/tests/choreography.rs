@@ -130,6 +130,35 @@ async fn a_placed_order_reaches_the_three_consumers_and_a_poisoned_event_is_redr
     assert!(shown.contains("deliveries:  4"), "{shown}");
     assert!(shown.contains("#4 at"), "every attempt is listed: {shown}");
 
+    // Tools see the same through the gateway.
+    let listed = client
+        .list_dead_letters(Request::new(pb::ListDeadLettersRequest {
+            source: "evt-rewards".into(),
+            limit: 0,
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .dead_letters;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, id);
+    assert_eq!(listed[0].consumer, "evt-rewards");
+    let errors: Vec<serde_json::Value> = serde_json::from_str(&listed[0].errors_json).unwrap();
+    assert_eq!(errors.len(), 4);
+    let refused = client
+        .purge_dead_letters(Request::new(pb::PurgeDeadLettersRequest {
+            source: String::new(),
+            confirm: false,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    let missing = client
+        .get_dead_letter(Request::new(pb::GetDeadLetterRequest { id: 999 }))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+
     // Fixed: restarted without the fault, then the event is redriven.
     rewards.terminate(Duration::from_secs(10)).unwrap();
     let mut rewards = consumer("rewards", &[]);

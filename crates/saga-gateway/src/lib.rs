@@ -11,6 +11,8 @@
 //!   their history, a newest-first index and the checkpoint) that GetSaga, ListSagas,
 //!   WatchSaga and GetSagaHistory read. The gateway never asks a worker; reads keep
 //!   working while NATS is down;
+//! - **the dead-letter queue for tools**: ListDeadLetters, GetDeadLetter,
+//!   RedriveDeadLetter and PurgeDeadLetters (`SAGA_DLQ`, as `sagactl dlq`);
 //! - [`serve`]: the server, the task that follows the journal, graceful shutdown.
 //!
 //! Errors are [`GatewayError`], each with its gRPC code. Bad input is `INVALID_ARGUMENT`
@@ -20,6 +22,7 @@
 //! envelopes of `saga-runtime` and the JetStream helpers of `saga-nats`; it must not
 //! depend on the worker's store or on the actors: it reads what workers journal.
 
+mod dead_letters;
 mod error;
 mod follow;
 pub mod projection;

@@ -448,6 +448,46 @@ impl SagaGateway for GatewayService {
             state: saga.state,
         }))
     }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        self.ensure_connected()?;
+        crate::dead_letters::list(&self.js, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_dead_letter(
+        &self,
+        request: Request<pb::GetDeadLetterRequest>,
+    ) -> Result<Response<pb::DeadLetter>, Status> {
+        self.ensure_connected()?;
+        crate::dead_letters::get(&self.js, request.into_inner().id)
+            .await
+            .map(Response::new)
+    }
+
+    async fn redrive_dead_letter(
+        &self,
+        request: Request<pb::RedriveDeadLetterRequest>,
+    ) -> Result<Response<pb::RedriveDeadLetterResponse>, Status> {
+        self.ensure_connected()?;
+        crate::dead_letters::redrive(&self.js, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn purge_dead_letters(
+        &self,
+        request: Request<pb::PurgeDeadLettersRequest>,
+    ) -> Result<Response<pb::PurgeDeadLettersResponse>, Status> {
+        self.ensure_connected()?;
+        crate::dead_letters::purge(&self.js, request.into_inner())
+            .await
+            .map(Response::new)
+    }
 }
 
 /// Sends `current`, then every newer view of saga `id`, and ends after a terminal one
