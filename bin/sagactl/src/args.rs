@@ -57,6 +57,9 @@ pub enum Command {
     Events(crate::events::EventsCommand),
     /// The dead-letter queue (SAGA_DLQ): list, show, redrive and purge dead letters.
     Dlq(crate::dlq::DlqArgs),
+    /// Event-sourced aggregates (ES_EVENTS): show one's state and events, now or back then.
+    #[command(subcommand)]
+    Es(crate::es::EsCommand),
 }
 
 #[derive(Debug, Args)]
@@ -213,12 +216,19 @@ impl From<StateFilter> for SagaState {
 #[derive(Debug, Subcommand)]
 pub enum ProjectionCommand {
     /// Rebuild the gateway's read model by replaying SAGA_JOURNAL (stop the gateway first:
-    /// it holds its data directory).
+    /// it holds its data directory); with NAME, rebuild that event-sourced projection
+    /// blue/green in the service that runs it (the live view keeps serving).
     Rebuild(RebuildArgs),
+    /// The event-sourced projections of the aggregate definitions, with checkpoint and lag.
+    Ls(crate::es::ProjectionLsArgs),
+    /// Generation, checkpoint and lag of one event-sourced projection.
+    Status(crate::es::ProjectionStatusArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct RebuildArgs {
+    /// An event-sourced projection (e.g. AccountBalanceView); without it, the gateway's.
+    pub name: Option<String>,
     /// The gateway's data directory (default: the gateway's own default / DATA_DIR).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,

@@ -22,6 +22,7 @@ mod def;
 mod dev;
 mod devctl;
 mod dlq;
+mod es;
 mod events;
 mod json;
 mod output;
@@ -65,9 +66,15 @@ fn main() -> ExitCode {
             Command::Def(_) | Command::Events(_) => unreachable!("handled above"),
             Command::Order(args::OrderCommand::Place(a)) => sagas::place(&gateway, out, a).await,
             Command::Saga(c) => sagas::run(&gateway, out, c).await,
+            Command::Projection(args::ProjectionCommand::Rebuild(a)) if a.name.is_some() => {
+                es::rebuild(out, a.name.as_deref().unwrap_or_default(), a.nats_url).await
+            }
             Command::Projection(args::ProjectionCommand::Rebuild(a)) => {
                 projection::rebuild(a).await
             }
+            Command::Projection(args::ProjectionCommand::Ls(a)) => es::ls(out, a).await,
+            Command::Projection(args::ProjectionCommand::Status(a)) => es::status(out, a).await,
+            Command::Es(c) => es::run(out, c).await,
             Command::Bench(a) => bench::run(&gateway, out, a).await,
             Command::Dev(args::DevArgs {
                 control: Some(c), ..
