@@ -293,5 +293,5 @@ async fn main() {
         );
     }
     let r = store.read_stream(&s1, 1, 0, Until::End).await.unwrap();
-    assert_eq!(r.len() as u64, N + 1);
+    assert_eq!(r.len() as u64, N);
 }
