@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use saga_nats::{ConsumerSettings, NatsConsumer, NatsPublisher, ProvisionConfig};
-use saga_participant::{CrashAfterEffect, Handler, Knobs, Participant, ParticipantStore, Settings};
+
+use saga_participant::{
+    CrashAfterEffect, Handler, Knobs, Participant, ParticipantStore, RetryLadder, Settings,
+};
 
 use crate::ledger;
 
@@ -47,6 +50,10 @@ pub struct CommonArgs {
     /// Deliveries of a command that keeps failing before it is dead-lettered.
     #[arg(long, env = "MAX_DELIVERIES", default_value_t = 5)]
     pub max_deliveries: u64,
+    /// Waits between deliveries of a command that keeps failing, then the DLQ (e.g.
+    /// `1m, 5m, 30m`); replaces the doubling delays and --max-deliveries.
+    #[arg(long, env = "RETRY_LADDER", value_parser = parse_ladder)]
+    pub retry_ladder: Option<RetryLadder>,
     /// Ack wait of the `svc-<service>` consumers, in milliseconds: how soon a command
     /// held by a crashed instance is redelivered. The default (30 s) keeps saga-nats's
     /// backoff list; any other value uses this wait for every delivery.
@@ -69,7 +76,7 @@ impl CommonArgs {
     pub fn consumer_settings(&self) -> ConsumerSettings {
         let mut defaults = ConsumerSettings::default();
         // The SDK dead-letters at `max_deliveries`; the server must not give up first.
-        let max_deliver = i64::try_from(self.max_deliveries).unwrap_or(i64::MAX - 1) + 1;
+        let max_deliver = i64::try_from(self.settings().max_deliveries).unwrap_or(i64::MAX - 1) + 1;
         defaults.max_deliver = defaults.max_deliver.max(max_deliver);
         let ack_wait = Duration::from_millis(self.ack_wait_ms);
         if ack_wait == defaults.ack_wait {
@@ -86,10 +93,18 @@ impl CommonArgs {
     pub fn settings(&self) -> Settings {
         Settings {
             inbox_window: Duration::from_secs(self.inbox_window_secs),
-            max_deliveries: self.max_deliveries,
+            max_deliveries: match &self.retry_ladder {
+                Some(l) => l.rungs().len() as u64 + 1,
+                None => self.max_deliveries,
+            },
+            ladder: self.retry_ladder.clone(),
             ..Settings::default()
         }
     }
+}
+
+fn parse_ladder(text: &str) -> Result<RetryLadder, String> {
+    RetryLadder::parse(text)
 }
 
 /// Runs the participant `name` serving `services` until SIGTERM or Ctrl-C, then prints
@@ -107,8 +122,14 @@ pub async fn run(
         .unwrap_or_else(|| PathBuf::from("data").join(name));
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
-    let store = ParticipantStore::open(&data_dir)
-        .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+    let store = ParticipantStore::open(&data_dir).with_context(|| {
+        format!(
+            "opening the store in {dir} (this participant's business data cannot be rebuilt \
+             from the journal: if sled reports it corrupt, stop every copy of this service \
+             and restore {dir} from a backup)",
+            dir = data_dir.display()
+        )
+    })?;
 
     let client = saga_nats::connect_as(&args.nats_url, name).await?;
     let js = async_nats::jetstream::new(client.clone());

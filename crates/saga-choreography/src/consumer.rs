@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::handler::{Event, EventHandler};
-use crate::ladder::{NextStep, RetryLadder};
+use saga_core::ladder::{NextStep, RetryLadder};
 use crate::schema::EventCodec;
 use crate::store::{ApplyError, ConsumerStore, Failure, Outcome, Run};
 use crate::ChoreographyError;

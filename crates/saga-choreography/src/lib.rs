@@ -25,14 +25,13 @@
 mod consumer;
 mod error;
 mod handler;
-mod ladder;
 mod schema;
 mod store;
 
 pub use consumer::{CrashHook, EventConsumer, Settings};
 pub use error::ChoreographyError;
 pub use handler::{Event, EventHandler, EventTx, HandleError};
-pub use ladder::{NextStep, RetryLadder};
+pub use saga_core::ladder::{NextStep, RetryLadder};
 pub use schema::{check_catalog, DecodedEvent, EventCodec, SchemaError};
 pub use store::{
     ApplyError, ConsumerStore, Failure, Outcome, ParkedEvent, COUNTERS_TREE, DEDUPE_BY_TIME_TREE,

@@ -1,10 +1,11 @@
-//! The retry ladder of a consumer's technical failures: a pure decision from the
+//! The retry ladder of a message that keeps failing (an event consumer's technical
+//! failure, a participant command that cannot be answered): a pure decision from the
 //! failures so far to "try again at T" or "dead-letter".
 
 use std::time::Duration;
 
-use saga_core::duration::{format_duration, parse_duration};
-use saga_core::Timestamp;
+use crate::duration::{format_duration, parse_duration};
+use crate::Timestamp;
 
 /// Waits between attempts: after the n-th failure, wait `rungs[n-1]`; after a failure
 /// past the last rung, the event goes to the DLQ. `1m, 5m, 30m` by default: four

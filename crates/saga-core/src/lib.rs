@@ -13,6 +13,7 @@ pub mod clock;
 pub mod definition;
 pub mod duration;
 pub mod ids;
+pub mod ladder;
 pub mod machine;
 pub mod retry;
 #[cfg(any(test, feature = "test-util"))]

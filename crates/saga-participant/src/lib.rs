@@ -24,7 +24,8 @@
 //!   when to try again; the next attempt runs the handler afresh.
 //! - [`Abort::Retry`] or a store error means no answer could be produced: the command is
 //!   nak'ed with exponential backoff ([`Settings::retry_delay`]) and, at
-//!   `max_deliveries`, dead-lettered (the saga then gets a technical-failure reply
+//!   `max_deliveries`, dead-lettered (or on a [`RetryLadder`] such as `1m, 5m, 30m`
+//!   when [`Settings::ladder`] is set; the saga then gets a technical-failure reply
 //!   rather than waiting for its timeout). [`Abort::Reject`] dead-letters at once.
 //!
 //! Fault-injection [`Knobs`] (latency, technical-failure rate from a seeded RNG, crash
@@ -45,6 +46,7 @@ pub use error::ParticipantError;
 pub use handler::{Abort, Handler, Reply, Tx};
 pub use knobs::{CrashAfterEffect, Knobs};
 pub use participant::{reply_message, CrashHook, Participant, Settings};
+pub use saga_core::ladder::RetryLadder;
 pub use store::{
     Applied, ParticipantStore, INBOX_BY_TIME_TREE, INBOX_TREE, KNOBS_TREE, MAX_RESULT_BYTES,
 };

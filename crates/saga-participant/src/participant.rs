@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use saga_core::ladder::RetryLadder;
 use saga_core::{Clock, SystemClock};
 use saga_ports::{header, Consumer, Delivery, Headers, OutgoingMessage, Publisher};
 use saga_proto::{saga_input, step_reply, Message, SagaInput, StepCommand, StepReply};
@@ -44,6 +45,11 @@ pub struct Settings {
     pub fetch_wait: Duration,
     /// Commands in flight per service (default 32).
     pub max_in_flight: usize,
+    /// When set, a failing command is retried after each rung of this ladder (e.g.
+    /// `1m, 5m, 30m`) and dead-lettered after the last, instead of the doubling delays
+    /// and `max_deliveries` (which should then be `rungs + 1`, for the consumer's own
+    /// delivery limit).
+    pub ladder: Option<RetryLadder>,
 }
 
 impl Default for Settings {
@@ -58,11 +64,23 @@ impl Default for Settings {
             batch_size: 32,
             fetch_wait: Duration::from_secs(1),
             max_in_flight: 32,
+            ladder: None,
         }
     }
 }
 
 impl Settings {
+    /// The wait before the next delivery of a command that failed `delivered` times, or
+    /// `None` when it is to be dead-lettered.
+    pub fn next_retry(&self, delivered: u64) -> Option<Duration> {
+        match &self.ladder {
+            Some(l) => usize::try_from(delivered.saturating_sub(1))
+                .ok()
+                .and_then(|i| l.rungs().get(i).copied()),
+            None => (delivered < self.max_deliveries).then(|| self.retry_delay(delivered)),
+        }
+    }
+
     /// The nak delay after `delivered` deliveries.
     pub fn retry_delay(&self, delivered: u64) -> Duration {
         let exp = delivered.saturating_sub(1).min(20) as u32;
@@ -513,9 +531,14 @@ async fn retry_or_dead_letter(
     cmd: &StepCommand,
     reason: &str,
 ) {
-    if d.delivered < sh.settings.max_deliveries {
-        let delay = sh.settings.retry_delay(d.delivered);
-        warn!(%reason, ?delay, "command failed; nak for a retry");
+    if let Some(delay) = sh.settings.next_retry(d.delivered) {
+        warn!(
+            %reason,
+            failed_attempt = d.delivered,
+            next_attempt = d.delivered + 1,
+            next_attempt_in = ?delay,
+            "command failed; nak for a retry"
+        );
         return nak(&d, Some(delay)).await;
     }
     let reason = format!("gave up after {} deliveries: {reason}", d.delivered);
@@ -544,5 +567,35 @@ async fn dead_letter(sh: &Shared, d: Delivery, reason: &str) {
 async fn nak(d: &Delivery, delay: Option<Duration>) {
     if let Err(e) = d.acker.nak(delay).await {
         warn!(error = %e, "nak failed; the command will be redelivered after ack_wait");
+    }
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+
+    #[test]
+    fn failing_commands_follow_the_doubling_delays_or_the_ladder() {
+        let doubling = Settings::default();
+        let table = [(1, Some(1)), (2, Some(2)), (4, Some(8)), (5, None)];
+        for (delivered, want) in table {
+            assert_eq!(
+                doubling.next_retry(delivered),
+                want.map(Duration::from_secs),
+                "after {delivered} deliveries"
+            );
+        }
+        let ladder = Settings {
+            ladder: Some(RetryLadder::parse("1m, 5m, 30m").unwrap()),
+            ..Settings::default()
+        };
+        let table = [(1, Some(60)), (2, Some(300)), (3, Some(1800)), (4, None)];
+        for (delivered, want) in table {
+            assert_eq!(
+                ladder.next_retry(delivered),
+                want.map(Duration::from_secs),
+                "after {delivered} deliveries"
+            );
+        }
     }
 }
