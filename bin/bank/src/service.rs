@@ -218,6 +218,7 @@ impl Bank for BankService {
         let r = request.into_inner();
         required(&r.account_id, "account_id")?;
         let row = account_balance(&self.views, &r.account_id)
+            .await
             .map_err(status_of)?
             .ok_or_else(|| {
                 Status::not_found(format!(
@@ -252,8 +253,9 @@ impl Bank for BankService {
                 .parse()
                 .map_err(|_| Status::invalid_argument("page_token: not a token of this service"))?
         };
-        let page =
-            transaction_history(&self.views, &r.account_id, after, size + 1).map_err(status_of)?;
+        let page = transaction_history(&self.views, &r.account_id, after, size + 1)
+            .await
+            .map_err(status_of)?;
         let more = page.len() > size;
         let transactions: Vec<pb::Transaction> = page
             .into_iter()

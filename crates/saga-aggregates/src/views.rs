@@ -2,7 +2,7 @@
 //! `TransactionHistoryView` (`read_db.transaction_history`).
 
 use prost::Message as _;
-use saga_eventstore::{ErrorKind, EsError, Projection, RecordedEvent, SledViews, ViewTx};
+use saga_eventstore::{ErrorKind, EsError, Projection, RecordedEvent, ViewStore, ViewTx};
 use saga_proto::es as pb;
 use serde::{Deserialize, Serialize};
 
@@ -75,6 +75,7 @@ impl Default for AccountBalanceView {
     }
 }
 
+#[async_trait::async_trait]
 impl Projection for AccountBalanceView {
     fn name(&self) -> &str {
         ACCOUNT_BALANCE_VIEW
@@ -84,9 +85,9 @@ impl Projection for AccountBalanceView {
         &self.sources
     }
 
-    fn apply(&self, view: &mut dyn ViewTx, event: &RecordedEvent) -> Result<(), EsError> {
+    async fn apply(&self, view: &mut dyn ViewTx, event: &RecordedEvent) -> Result<(), EsError> {
         let key = event.stream.id().as_bytes();
-        let mut row = match view.get(key)? {
+        let mut row = match view.get(key).await? {
             Some(v) => serde_json::from_slice(&v).map_err(|e| corrupt(e, event))?,
             None => AccountBalance {
                 account_id: event.stream.id().to_string(),
@@ -143,6 +144,7 @@ fn history_key(account: &str, version: u64) -> Vec<u8> {
     format!("{account}/{version:020}").into_bytes()
 }
 
+#[async_trait::async_trait]
 impl Projection for TransactionHistoryView {
     fn name(&self) -> &str {
         TRANSACTION_HISTORY_VIEW
@@ -152,7 +154,7 @@ impl Projection for TransactionHistoryView {
         &self.sources
     }
 
-    fn apply(&self, view: &mut dyn ViewTx, event: &RecordedEvent) -> Result<(), EsError> {
+    async fn apply(&self, view: &mut dyn ViewTx, event: &RecordedEvent) -> Result<(), EsError> {
         let p = event.payload.as_slice();
         let account_id = event.stream.id().to_string();
         let entry = match event.event_type.as_str() {
@@ -195,12 +197,13 @@ impl Projection for TransactionHistoryView {
 }
 
 /// The balance row of an account.
-pub fn account_balance(
-    views: &SledViews,
+pub async fn account_balance(
+    views: &dyn ViewStore,
     account: &str,
 ) -> Result<Option<AccountBalance>, EsError> {
     views
-        .get(ACCOUNT_BALANCE_VIEW, account.as_bytes())?
+        .get(ACCOUNT_BALANCE_VIEW, account.as_bytes())
+        .await?
         .map(|v| {
             serde_json::from_slice(&v)
                 .map_err(|e| EsError::new(ErrorKind::Corrupt, format!("balance of {account}: {e}")))
@@ -210,8 +213,8 @@ pub fn account_balance(
 
 /// One page of an account's history: entries after stream version `after`, at most
 /// `limit`.
-pub fn transaction_history(
-    views: &SledViews,
+pub async fn transaction_history(
+    views: &dyn ViewStore,
     account: &str,
     after: u64,
     limit: usize,
@@ -224,7 +227,8 @@ pub fn transaction_history(
             &prefix,
             after_key.as_deref(),
             limit,
-        )?
+        )
+        .await?
         .into_iter()
         .map(|(_, v)| {
             serde_json::from_slice(&v)

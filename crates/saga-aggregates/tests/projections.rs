@@ -15,7 +15,7 @@ use saga_aggregates::{load_definition, Money};
 use saga_core::ManualClock;
 use saga_eventstore::jetstream::{JetStreamEventStore, JetStreamSnapshotStore, Provisioning};
 use saga_eventstore::{
-    CommandMeta, EventStore, Projection, ProjectionRunner, Repository, SledViews,
+    CommandMeta, EventStore, Projection, ProjectionRunner, Repository, SledViews, ViewStore,
 };
 use saga_testkit::NatsServer;
 use tokio::sync::watch;
@@ -131,7 +131,7 @@ async fn open_1000_deposit_500_withdraw_200_rebuild_gives_1300_at_version_3() {
 
     let report = balance.rebuild().await.unwrap();
     assert_eq!(report.generation, 2);
-    let row = account_balance(&views, "A1").unwrap().unwrap();
+    let row = account_balance(&views, "A1").await.unwrap().unwrap();
     assert_eq!(row.balance, Money(130_000));
     assert_eq!(row.balance.to_string(), "1300.00");
     assert_eq!(row.version, 3);
@@ -142,7 +142,7 @@ async fn open_1000_deposit_500_withdraw_200_rebuild_gives_1300_at_version_3() {
         history.status().await.unwrap().lag == 0
     })
     .await;
-    let page = transaction_history(&views, "A1", 0, 10).unwrap();
+    let page = transaction_history(&views, "A1", 0, 10).await.unwrap();
     let shown: Vec<(&str, String)> = page
         .iter()
         .map(|e| (e.kind.as_str(), e.amount.to_string()))
@@ -154,7 +154,9 @@ async fn open_1000_deposit_500_withdraw_200_rebuild_gives_1300_at_version_3() {
             ("withdrawal", "200.00".to_string())
         ]
     );
-    let second_page = transaction_history(&views, "A1", page[0].version, 10).unwrap();
+    let second_page = transaction_history(&views, "A1", page[0].version, 10)
+        .await
+        .unwrap();
     assert_eq!(second_page.len(), 1);
     assert_eq!(second_page[0].transaction_id, "t2");
 }
@@ -195,7 +197,11 @@ async fn lag_is_reported_and_a_restarted_runner_resumes_after_its_checkpoint() {
     })
     .await;
     assert_eq!(
-        account_balance(&views, "A1").unwrap().unwrap().balance,
+        account_balance(&views, "A1")
+            .await
+            .unwrap()
+            .unwrap()
+            .balance,
         Money(500)
     );
     stop.send(true).unwrap();
@@ -220,7 +226,7 @@ async fn lag_is_reported_and_a_restarted_runner_resumes_after_its_checkpoint() {
         handle.status().await.unwrap().lag == 0
     })
     .await;
-    let row = account_balance(&views, "A1").unwrap().unwrap();
+    let row = account_balance(&views, "A1").await.unwrap().unwrap();
     assert_eq!((row.balance, row.version), (Money(550), 8));
     assert_eq!(
         s.store
@@ -262,6 +268,7 @@ async fn readers_keep_a_view_while_it_is_rebuilt_beside_the_live_one() {
     let mut i = 300;
     while !rebuild.is_finished() {
         let row = account_balance(&views, "A1")
+            .await
             .unwrap()
             .expect("a row during the rebuild");
         assert!(
@@ -284,8 +291,11 @@ async fn readers_keep_a_view_while_it_is_rebuilt_beside_the_live_one() {
         handle.status().await.unwrap().lag == 0
     })
     .await;
-    let row = account_balance(&views, "A1").unwrap().unwrap();
+    let row = account_balance(&views, "A1").await.unwrap().unwrap();
     assert_eq!(row.balance, Money(i));
     assert_eq!(row.version, i as u64 + 1);
-    assert_eq!(views.live_generation(ACCOUNT_BALANCE_VIEW).unwrap(), 2);
+    assert_eq!(
+        views.live_generation(ACCOUNT_BALANCE_VIEW).await.unwrap(),
+        2
+    );
 }

@@ -28,8 +28,8 @@ pub use error::{ErrorKind, EsError};
 pub use memory::{MemoryEventStore, MemorySnapshotStore};
 pub use model::{Appended, ExpectedVersion, NewEvent, RecordedEvent, Snapshot, StreamId, Until};
 pub use projection::{
-    Projection, ProjectionHandle, ProjectionRunner, ProjectionStatus, RebuildReport, SledViews,
-    ViewTx,
+    Projection, ProjectionHandle, ProjectionRunner, ProjectionStatus, RebuildReport, Row,
+    SledViews, ViewBatch, ViewStore, ViewTx,
 };
 pub use store::{EventStore, SnapshotStore};
 pub use upcast::Upcasters;

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -25,9 +26,10 @@ use crate::store::EventStore;
 use crate::upcast::Upcasters;
 
 /// Reads and writes of one batch on a view.
-pub trait ViewTx {
+#[async_trait]
+pub trait ViewTx: Send {
     /// The value of `key` (including this batch's writes).
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, EsError>;
+    async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, EsError>;
     /// Sets `key`.
     fn put(&mut self, key: &[u8], value: Vec<u8>);
     /// Removes `key`.
@@ -35,6 +37,7 @@ pub trait ViewTx {
 }
 
 /// A read model.
+#[async_trait]
 pub trait Projection: Send + Sync + 'static {
     /// Name, as in the definition (`AccountBalanceView`).
     fn name(&self) -> &str;
@@ -42,7 +45,73 @@ pub trait Projection: Send + Sync + 'static {
     fn sources(&self) -> &[String];
     /// Applies one event, upcast to its newest version. An error stops the runner
     /// (the event is not skipped).
-    fn apply(&self, view: &mut dyn ViewTx, event: &RecordedEvent) -> Result<(), EsError>;
+    async fn apply(&self, view: &mut dyn ViewTx, event: &RecordedEvent) -> Result<(), EsError>;
+}
+
+/// Where views live: generations of rows, a checkpoint per generation, and which
+/// generation readers see. One runner writes a projection at a time.
+#[async_trait]
+pub trait ViewStore: Send + Sync + 'static {
+    /// The generation readers see (1 until the first rebuild).
+    async fn live_generation(&self, name: &str) -> Result<u64, EsError>;
+    /// Position of the last event applied to a generation.
+    async fn checkpoint(&self, name: &str, generation: u64) -> Result<u64, EsError>;
+    /// Starts a batch of writes on a generation.
+    async fn begin(&self, name: &str, generation: u64) -> Result<Box<dyn ViewBatch>, EsError>;
+    /// Empties a generation (before a rebuild fills it).
+    async fn clear(&self, name: &str, generation: u64) -> Result<(), EsError>;
+    /// Makes `generation` the one readers see and drops the one they saw.
+    async fn switch(&self, name: &str, generation: u64) -> Result<(), EsError>;
+    /// A row of the live generation.
+    async fn get(&self, name: &str, key: &[u8]) -> Result<Option<Vec<u8>>, EsError>;
+    /// Rows of the live generation whose key starts with `prefix`, in key order, after
+    /// `after` (for paging), at most `limit`.
+    async fn scan(
+        &self,
+        name: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Row>, EsError>;
+}
+
+/// The writes of one batch, committed with the new checkpoint in one atomic write.
+#[async_trait]
+pub trait ViewBatch: ViewTx {
+    /// The checkpoint when the batch began.
+    fn checkpoint(&self) -> u64;
+    /// Writes the batch and `checkpoint` atomically.
+    async fn commit(self: Box<Self>, checkpoint: u64) -> Result<(), EsError>;
+}
+
+/// Applies events to a generation: the view writes and the checkpoint in one atomic
+/// batch. Events at or before the checkpoint are skipped (redeliveries).
+async fn apply_events(
+    views: &dyn ViewStore,
+    projection: &dyn Projection,
+    decoder: &Decoder,
+    generation: u64,
+    events: &[RecordedEvent],
+) -> Result<u64, EsError> {
+    let mut batch = views.begin(projection.name(), generation).await?;
+    let checkpoint = batch.checkpoint();
+    let mut last = checkpoint;
+    for e in events {
+        // Positions only grow: anything at or before the last one applied (in this
+        // batch or before it) is a redelivery.
+        if e.position <= last {
+            continue;
+        }
+        if projection.sources().contains(&e.event_type) {
+            let e = decoder.upcast(e.clone())?;
+            projection.apply(batch.as_mut(), &e).await?;
+        }
+        last = e.position;
+    }
+    if last > checkpoint {
+        batch.commit(last).await?;
+    }
+    Ok(last)
 }
 
 /// A key and its value.
@@ -96,35 +165,62 @@ impl SledViews {
         Ok(self.db.open_tree(format!("view:{name}:{generation}"))?)
     }
 
-    /// The generation readers see (1 until the first rebuild).
-    pub fn live_generation(&self, name: &str) -> Result<u64, EsError> {
+    fn live(&self, name: &str) -> Result<u64, EsError> {
         Ok(self.meta.get(name)?.map_or(1, |v| from_be(&v)))
     }
+}
 
-    /// Position of the last event applied to a generation.
-    pub fn checkpoint(&self, name: &str, generation: u64) -> Result<u64, EsError> {
+#[async_trait]
+impl ViewStore for SledViews {
+    async fn live_generation(&self, name: &str) -> Result<u64, EsError> {
+        self.live(name)
+    }
+
+    async fn checkpoint(&self, name: &str, generation: u64) -> Result<u64, EsError> {
         Ok(self
             .tree(name, generation)?
             .get(CHECKPOINT_KEY)?
             .map_or(0, |v| from_be(&v)))
     }
 
-    /// A row of the live generation.
-    pub fn get(&self, name: &str, key: &[u8]) -> Result<Option<Vec<u8>>, EsError> {
-        let tree = self.tree(name, self.live_generation(name)?)?;
+    async fn begin(&self, name: &str, generation: u64) -> Result<Box<dyn ViewBatch>, EsError> {
+        let tree = self.tree(name, generation)?;
+        let checkpoint = tree.get(CHECKPOINT_KEY)?.map_or(0, |v| from_be(&v));
+        Ok(Box::new(SledBatch {
+            tree,
+            checkpoint,
+            writes: BTreeMap::new(),
+        }))
+    }
+
+    async fn clear(&self, name: &str, generation: u64) -> Result<(), EsError> {
+        self.tree(name, generation)?.clear()?;
+        Ok(())
+    }
+
+    async fn switch(&self, name: &str, generation: u64) -> Result<(), EsError> {
+        let old = self.live(name)?;
+        self.meta.insert(name, &be(generation))?;
+        self.meta.flush()?;
+        if old != generation {
+            self.db.drop_tree(format!("view:{name}:{old}"))?;
+        }
+        Ok(())
+    }
+
+    async fn get(&self, name: &str, key: &[u8]) -> Result<Option<Vec<u8>>, EsError> {
+        let tree = self.tree(name, self.live(name)?)?;
         Ok(tree.get(data_key(key))?.map(|v| v.to_vec()))
     }
 
-    /// Rows of the live generation whose key starts with `prefix`, in key order, from
-    /// the first key after `after` (for paging), at most `limit`.
-    pub fn scan(
+    async fn scan(
         &self,
         name: &str,
         prefix: &[u8],
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<Row>, EsError> {
-        let tree = self.tree(name, self.live_generation(name)?)?;
+        let tree = self.tree(name, self.live(name)?)?;
         let mut out = Vec::new();
         for row in tree.scan_prefix(data_key(prefix)) {
             let (k, v) = row?;
@@ -139,79 +235,21 @@ impl SledViews {
         }
         Ok(out)
     }
-
-    /// Applies events to a generation: the view writes and the checkpoint in one atomic
-    /// batch. Events at or before the checkpoint are skipped (redeliveries).
-    fn apply(
-        &self,
-        projection: &dyn Projection,
-        decoder: &Decoder,
-        generation: u64,
-        events: &[RecordedEvent],
-    ) -> Result<u64, EsError> {
-        let tree = self.tree(projection.name(), generation)?;
-        let checkpoint = tree.get(CHECKPOINT_KEY)?.map_or(0, |v| from_be(&v));
-        let mut tx = Overlay {
-            tree: &tree,
-            writes: BTreeMap::new(),
-        };
-        let mut last = checkpoint;
-        for e in events {
-            // Positions only grow: anything at or before the last one applied (in this
-            // batch or before it) is a redelivery.
-            if e.position <= last {
-                continue;
-            }
-            if projection.sources().contains(&e.event_type) {
-                let e = decoder.upcast(e.clone())?;
-                projection.apply(&mut tx, &e)?;
-            }
-            last = e.position;
-        }
-        if last == checkpoint {
-            return Ok(checkpoint);
-        }
-        let mut batch = sled::Batch::default();
-        for (k, v) in tx.writes {
-            match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
-            }
-        }
-        batch.insert(CHECKPOINT_KEY, &be(last));
-        tree.apply_batch(batch)?;
-        Ok(last)
-    }
-
-    /// Empties a generation (before a rebuild fills it).
-    fn clear(&self, name: &str, generation: u64) -> Result<(), EsError> {
-        self.tree(name, generation)?.clear()?;
-        Ok(())
-    }
-
-    /// Makes `generation` the one readers see and drops the one they saw.
-    fn switch(&self, name: &str, generation: u64) -> Result<(), EsError> {
-        let old = self.live_generation(name)?;
-        self.meta.insert(name, &be(generation))?;
-        self.meta.flush()?;
-        if old != generation {
-            self.db.drop_tree(format!("view:{name}:{old}"))?;
-        }
-        Ok(())
-    }
 }
 
 fn data_key(key: &[u8]) -> Vec<u8> {
     [DATA_PREFIX, key].concat()
 }
 
-struct Overlay<'t> {
-    tree: &'t sled::Tree,
+struct SledBatch {
+    tree: sled::Tree,
+    checkpoint: u64,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
-impl ViewTx for Overlay<'_> {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, EsError> {
+#[async_trait]
+impl ViewTx for SledBatch {
+    async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, EsError> {
         let k = data_key(key);
         if let Some(v) = self.writes.get(&k) {
             return Ok(v.clone());
@@ -225,6 +263,26 @@ impl ViewTx for Overlay<'_> {
 
     fn delete(&mut self, key: &[u8]) {
         self.writes.insert(data_key(key), None);
+    }
+}
+
+#[async_trait]
+impl ViewBatch for SledBatch {
+    fn checkpoint(&self) -> u64 {
+        self.checkpoint
+    }
+
+    async fn commit(self: Box<Self>, checkpoint: u64) -> Result<(), EsError> {
+        let mut batch = sled::Batch::default();
+        for (k, v) in self.writes {
+            match v {
+                Some(v) => batch.insert(k, v),
+                None => batch.remove(k),
+            }
+        }
+        batch.insert(CHECKPOINT_KEY, &be(checkpoint));
+        self.tree.apply_batch(batch)?;
+        Ok(())
     }
 }
 
@@ -278,7 +336,7 @@ enum Control {
 /// Feeds one projection from the store into its sled view.
 pub struct ProjectionRunner {
     store: Arc<dyn EventStore>,
-    views: SledViews,
+    views: Arc<dyn ViewStore>,
     projection: Arc<dyn Projection>,
     aggregate: String,
     decoder: Decoder,
@@ -331,7 +389,7 @@ impl ProjectionRunner {
     pub fn new(
         definition: &AggregateDefinition,
         store: Arc<dyn EventStore>,
-        views: SledViews,
+        views: impl ViewStore,
         projection: Arc<dyn Projection>,
         upcasters: Upcasters,
     ) -> Result<Self, EsError> {
@@ -354,7 +412,7 @@ impl ProjectionRunner {
         upcasters.check(definition)?;
         Ok(Self {
             store,
-            views,
+            views: Arc::new(views),
             projection,
             aggregate: definition.name.clone(),
             decoder: Decoder {
@@ -371,12 +429,12 @@ impl ProjectionRunner {
     /// The status without a running runner (e.g. from a tool).
     pub async fn status_of(
         store: &dyn EventStore,
-        views: &SledViews,
+        views: &dyn ViewStore,
         aggregate: &str,
         name: &str,
     ) -> Result<ProjectionStatus, EsError> {
-        let generation = views.live_generation(name)?;
-        let checkpoint = views.checkpoint(name, generation)?;
+        let generation = views.live_generation(name).await?;
+        let checkpoint = views.checkpoint(name, generation).await?;
         Ok(ProjectionStatus {
             name: name.to_string(),
             generation,
@@ -388,7 +446,10 @@ impl ProjectionRunner {
 
     /// Applies the events after `generation`'s checkpoint up to `until` (a position).
     async fn catch_up(&self, generation: u64, until: u64) -> Result<u64, EsError> {
-        let mut checkpoint = self.views.checkpoint(self.projection.name(), generation)?;
+        let mut checkpoint = self
+            .views
+            .checkpoint(self.projection.name(), generation)
+            .await?;
         if checkpoint >= until {
             return Ok(checkpoint);
         }
@@ -416,12 +477,14 @@ impl ProjectionRunner {
             let done = e.position >= until;
             batch.push(e);
             if batch.len() >= BATCH || done {
-                checkpoint = self.views.apply(
+                checkpoint = apply_events(
+                    self.views.as_ref(),
                     self.projection.as_ref(),
                     &self.decoder,
                     generation,
                     &batch,
-                )?;
+                )
+                .await?;
                 batch.clear();
             }
         }
@@ -456,8 +519,8 @@ impl ProjectionRunner {
         );
         let mut rebuild: Option<Rebuild> = None;
         loop {
-            let generation = this.views.live_generation(&name)?;
-            let checkpoint = this.views.checkpoint(&name, generation)?;
+            let generation = this.views.live_generation(&name).await?;
+            let checkpoint = this.views.checkpoint(&name, generation).await?;
             let mut events = this
                 .store
                 .subscribe(&this.aggregate, checkpoint + 1)
@@ -479,11 +542,11 @@ impl ProjectionRunner {
                                 _ => break,
                             }
                         }
-                        this.views.apply(this.projection.as_ref(), &this.decoder, generation, &batch)?;
+                        apply_events(this.views.as_ref(), this.projection.as_ref(), &this.decoder, generation, &batch).await?;
                     }
                     Some(c) = control.recv() => match c {
                         Control::Status(reply) => {
-                            let status = ProjectionRunner::status_of(this.store.as_ref(), &this.views, &this.aggregate, &name)
+                            let status = ProjectionRunner::status_of(this.store.as_ref(), this.views.as_ref(), &this.aggregate, &name)
                                 .await
                                 .map(|s| ProjectionStatus { rebuilding: rebuild.is_some(), ..s });
                             let _ = reply.send(status);
@@ -494,7 +557,7 @@ impl ProjectionRunner {
                                 continue;
                             }
                             let next_generation = generation + 1;
-                            this.views.clear(&name, next_generation)?;
+                            this.views.clear(&name, next_generation).await?;
                             let head = this.store.head(&this.aggregate).await?;
                             let builder = this.clone();
                             let task = tokio::spawn(async move { builder.catch_up(next_generation, head).await });
@@ -507,9 +570,9 @@ impl ProjectionRunner {
                             Ok(Ok(_)) => {
                                 // The live generation went on meanwhile: bring the new one to the
                                 // same event before readers switch.
-                                let live = this.views.checkpoint(&name, generation)?;
+                                let live = this.views.checkpoint(&name, generation).await?;
                                 match this.catch_up(next_generation, live).await {
-                                    Ok(at) => this.views.switch(&name, next_generation).map(|()| RebuildReport {
+                                    Ok(at) => this.views.switch(&name, next_generation).await.map(|()| RebuildReport {
                                         generation: next_generation,
                                         checkpoint: at,
                                         took: started.elapsed(),

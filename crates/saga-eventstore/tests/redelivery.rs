@@ -10,7 +10,7 @@ use futures::StreamExt;
 use saga_eventstore::definition::parse_aggregate;
 use saga_eventstore::{
     Appended, EsError, EventStore, ExpectedVersion, MemoryEventStore, NewEvent, Projection,
-    ProjectionRunner, RecordedEvent, SledViews, StreamId, Until, Upcasters, ViewTx,
+    ProjectionRunner, RecordedEvent, SledViews, StreamId, Until, Upcasters, ViewStore, ViewTx,
 };
 
 const DEFINITION: &str = "aggregateRoot: Counter\nevents:\n  Ticked:\n    version: v1\n    schema:\n      id: string\nprojections:\n  Ticks:\n    source: [Ticked]\n    target: read_db.ticks\n";
@@ -67,6 +67,7 @@ impl EventStore for Redelivering {
 
 struct Ticks(Vec<String>);
 
+#[async_trait]
 impl Projection for Ticks {
     fn name(&self) -> &str {
         "Ticks"
@@ -74,9 +75,10 @@ impl Projection for Ticks {
     fn sources(&self) -> &[String] {
         &self.0
     }
-    fn apply(&self, view: &mut dyn ViewTx, _event: &RecordedEvent) -> Result<(), EsError> {
+    async fn apply(&self, view: &mut dyn ViewTx, _event: &RecordedEvent) -> Result<(), EsError> {
         let n = view
-            .get(b"count")?
+            .get(b"count")
+            .await?
             .map_or(0, |v| u64::from_be_bytes(v.try_into().unwrap()));
         view.put(b"count", (n + 1).to_be_bytes().to_vec());
         Ok(())
@@ -95,9 +97,10 @@ fn tick(i: u32) -> NewEvent {
     }
 }
 
-fn count(views: &SledViews) -> u64 {
+async fn count(views: &SledViews) -> u64 {
     views
         .get("Ticks", b"count")
+        .await
         .unwrap()
         .map_or(0, |v| u64::from_be_bytes(v.try_into().unwrap()))
 }
@@ -142,7 +145,7 @@ async fn redelivered_events_never_count_twice_even_across_restarts() {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(count(&views), 5, "round {round}");
+        assert_eq!(count(&views).await, 5, "round {round}");
         stop.send(true).unwrap();
         join.await.unwrap().unwrap();
     }
@@ -160,7 +163,7 @@ async fn redelivered_events_never_count_twice_even_across_restarts() {
     };
     assert_eq!(report.checkpoint, 5);
     assert_eq!(
-        count(&views),
+        count(&views).await,
         5,
         "the rebuilt view counts each event once too"
     );
