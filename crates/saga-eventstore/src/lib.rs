@@ -15,6 +15,8 @@ pub mod error;
 pub mod jetstream;
 pub mod memory;
 pub mod model;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod projection;
 pub mod store;
 pub mod upcast;
