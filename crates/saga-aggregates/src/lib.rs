@@ -7,6 +7,7 @@
 pub mod bank;
 pub mod money;
 pub mod order;
+pub mod order_views;
 pub mod views;
 
 use std::path::PathBuf;
