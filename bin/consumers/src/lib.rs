@@ -275,6 +275,10 @@ pub struct ConsumerArgs {
     /// How long a handled event is recognised as a duplicate, in seconds.
     #[arg(long, env = "DEDUPE_WINDOW_SECS", default_value_t = 24 * 3600)]
     pub dedupe_window_secs: u64,
+    /// How long an event whose predecessor (a "must precede" rule) has not come yet is
+    /// tried again before it is parked, in seconds.
+    #[arg(long, env = "REORDER_GRACE_SECS", default_value_t = 120)]
+    pub reorder_grace_secs: u64,
     /// Ack wait of the `evt-<service>` consumer, in milliseconds.
     #[arg(long, env = "ACK_WAIT_MS", default_value_t = 30_000)]
     pub ack_wait_ms: u64,
@@ -323,6 +327,7 @@ pub async fn serve(
         dedupe_window: Duration::from_secs(args.dedupe_window_secs),
         heartbeat: Duration::from_millis(args.ack_wait_ms / 3).max(Duration::from_millis(100)),
         crash_after_effect: args.crash_after_effect,
+        reorder_grace: Duration::from_secs(args.reorder_grace_secs),
         ..Settings::default()
     });
     saga_nats::ensure_event_consumer(

@@ -20,6 +20,8 @@ fn quick() -> Settings {
     Settings {
         heartbeat: Duration::from_millis(500),
         fetch_wait: Duration::from_millis(200),
+        reorder_grace: Duration::from_secs(2),
+        reorder_retry: Duration::from_millis(200),
         ..Settings::default()
     }
 }

@@ -16,10 +16,10 @@ use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::handler::{Event, EventHandler};
-use saga_core::ladder::{NextStep, RetryLadder};
 use crate::schema::EventCodec;
 use crate::store::{ApplyError, ConsumerStore, Failure, Outcome, Run};
 use crate::ChoreographyError;
+use saga_core::ladder::{NextStep, RetryLadder};
 
 use saga_ports::header::{DLQ_ERRORS, REDRIVE_CONSUMER};
 
@@ -45,6 +45,13 @@ pub struct Settings {
     /// Nak delay when publishing (the handler's messages, a dead letter) or flushing
     /// failed (default 2 s).
     pub publish_retry_delay: Duration,
+    /// How long an event whose "must precede" predecessor has not been seen is tried
+    /// again (every `reorder_retry`) before it is parked (default 2 min: more than the
+    /// consumer's ack wait, after which a crashed consumer's unacked events come back,
+    /// later than newer ones).
+    pub reorder_grace: Duration,
+    /// How often such an event is tried again (default 1 s).
+    pub reorder_retry: Duration,
     /// Fault knob: exit right after this many effects are committed, before their ack.
     pub crash_after_effect: Option<u64>,
 }
@@ -60,6 +67,8 @@ impl Default for Settings {
             max_in_flight: 256,
             heartbeat: Duration::from_secs(10),
             publish_retry_delay: Duration::from_secs(2),
+            reorder_grace: Duration::from_secs(120),
+            reorder_retry: Duration::from_secs(1),
             crash_after_effect: None,
         }
     }
@@ -211,6 +220,7 @@ impl EventConsumer {
             key_field: self.key_field,
             trees,
             settings: self.settings,
+            early: std::sync::Mutex::new(HashMap::new()),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let prune_task = tokio::spawn(prune(sh.clone(), stop_rx.clone()));
@@ -355,6 +365,27 @@ struct Shared {
     key_field: String,
     trees: (Vec<sled::Tree>, Vec<String>),
     settings: Settings,
+    /// Events waiting for a predecessor: stream sequence -> first seen early.
+    early: std::sync::Mutex<HashMap<u64, tokio::time::Instant>>,
+}
+
+impl Shared {
+    /// Whether the event at `seq` has waited out the reorder grace.
+    fn grace_over(&self, seq: u64) -> bool {
+        let early = self.early.lock().unwrap_or_else(|p| p.into_inner());
+        early
+            .get(&seq)
+            .is_some_and(|first| first.elapsed() >= self.settings.reorder_grace)
+    }
+
+    fn waiting(&self, seq: u64, done: bool) {
+        let mut early = self.early.lock().unwrap_or_else(|p| p.into_inner());
+        if done {
+            early.remove(&seq);
+        } else {
+            early.entry(seq).or_insert_with(tokio::time::Instant::now);
+        }
+    }
 }
 
 enum Classified {
@@ -451,8 +482,15 @@ async fn handle(sh: &Shared, d: Delivery, ev: Event, mut stop: watch::Receiver<b
             now: sh.clock.now(),
             window: sh.settings.dedupe_window,
             crash_times: sh.settings.crash_after_effect,
+            park_early: sh.grace_over(seq),
         };
-        match sh.store.apply(&sh.trees, &run) {
+        let outcome = sh.store.apply(&sh.trees, &run);
+        sh.waiting(seq, !matches!(outcome, Ok(Outcome::Early(_))));
+        match outcome {
+            Ok(Outcome::Early(v)) => {
+                info!(reason = %v.reason, retry_in = ?sh.settings.reorder_retry, "event early: waiting for its predecessor");
+                return nak(&d, sh.settings.reorder_retry).await;
+            }
             Ok(Outcome::Applied { outbox, crash }) => {
                 if let Err(e) = sh.store.flush().await {
                     warn!(error = %e, "flushing the ledger failed");

@@ -91,6 +91,10 @@ pub enum Outcome {
     Tracked,
     /// Refused by an ordering rule: parked and counted, not applied.
     Parked(Violation),
+    /// A "must precede" rule is not met yet, but the missing event may still come (a
+    /// crashed consumer's unacked events are redelivered after newer ones): nothing
+    /// recorded; try again later, park once the grace period is over.
+    Early(Violation),
 }
 
 /// Why an event's transaction committed nothing.
@@ -121,6 +125,8 @@ pub(crate) struct Run<'a> {
     pub(crate) window: Duration,
     /// Crash after this many effects at most (the fault knob).
     pub(crate) crash_times: Option<u64>,
+    /// The reorder grace period is over: a "must precede" violation is parked.
+    pub(crate) park_early: bool,
 }
 
 /// A consumer's sled database. Cheap to clone.
@@ -316,6 +322,7 @@ impl ConsumerStore {
                 return Ok(Outcome::Parked(Violation {
                     invariant: p.invariant,
                     reason: p.reason,
+                    may_be_early: false,
                 }));
             }
             let mut seen: Vec<String> = match seen_t.get(&ev.key)? {
@@ -347,6 +354,9 @@ impl ConsumerStore {
                 run.catalog
                     .check_order(earlier, &ev.name, run.key_field, &ev.key)
             {
+                if violation.may_be_early && !run.park_early {
+                    return Ok(Outcome::Early(violation));
+                }
                 let record = ParkedEvent {
                     event: ev.name.clone(),
                     key: ev.key.clone(),
@@ -358,7 +368,10 @@ impl ConsumerStore {
                 };
                 parked.insert(&seq_key, tx_encode(&record)?)?;
                 bump(counters, "violations")?;
-                return Ok(Outcome::Parked(violation));
+                return Ok(Outcome::Parked(Violation {
+                    may_be_early: false,
+                    ..violation
+                }));
             }
             let tx = EventTx::new(run.now, &trees.1, &v[RESERVED.len()..], counters);
             let outbox = match run.handler.handle(&tx, ev) {
@@ -514,6 +527,7 @@ mod tests {
                     now,
                     window: Duration::from_secs(60),
                     crash_times: None,
+                    park_early: true,
                 },
             )
         }
@@ -562,6 +576,27 @@ mod tests {
     fn a_violation_is_parked_counted_and_never_applied_even_when_delivered_again() {
         let g = Given::new();
         let orphan = event("OrderConfirmed", "o-2", 5);
+        let trees = g.store.handler_trees(&OK).unwrap();
+        let early = g.store.apply(
+            &trees,
+            &Run {
+                catalog: &g.catalog,
+                handler: &OK,
+                event: &orphan,
+                handled: true,
+                key_field: "orderId",
+                now: 0,
+                window: Duration::from_secs(60),
+                crash_times: None,
+                park_early: false,
+            },
+        );
+        assert!(matches!(early, Ok(Outcome::Early(_))), "{early:?}");
+        assert_eq!(
+            g.store.violations().unwrap(),
+            0,
+            "not parked within the grace"
+        );
         let parked = g.when(&OK, &orphan, true, 0).unwrap();
         let Outcome::Parked(v) = &parked else {
             panic!("{parked:?}")

@@ -155,6 +155,10 @@ pub struct Violation {
     pub invariant: String,
     /// What happened, e.g. "OrderConfirmed for orderId `o-1` with no OrderPlaced before it".
     pub reason: String,
+    /// The missing event may still come (a "must precede" rule: after a consumer's
+    /// crash its unacked events are redelivered later than newer ones); a consumer waits
+    /// a grace period before parking. "Cannot follow" violations are definite.
+    pub may_be_early: bool,
 }
 
 impl EventCatalog {
@@ -216,12 +220,14 @@ impl EventCatalog {
                         reason: format!(
                             "{event} for {key_field} `{key}` with no {first} before it"
                         ),
+                        may_be_early: true,
                     });
                 }
                 OrderingRule::CannotFollow { event: e, after } if e == event && has(after) => {
                     return Err(Violation {
                         invariant: inv.text.clone(),
                         reason: format!("{event} for {key_field} `{key}` after {after}"),
+                        may_be_early: false,
                     });
                 }
                 _ => {}
