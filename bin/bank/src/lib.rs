@@ -1,5 +1,6 @@
 //! The `bank` service: `saga.es.v1.Bank` over the BankAccount aggregate, its two
-//! projections (AccountBalanceView, TransactionHistoryView) in a sled directory, and a
+//! projections (AccountBalanceView, TransactionHistoryView) in a sled directory or in
+//! PostgreSQL, and a
 //! control endpoint on NATS for `sagactl projection`.
 //!
 //! | NATS request subject                       | answer (JSON)                    |
@@ -10,4 +11,4 @@
 pub mod control;
 pub mod service;
 
-pub use service::{serve_on, BankConfig};
+pub use service::{serve_on, BankConfig, ViewTarget};

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
-use bank::BankConfig;
+use bank::{BankConfig, ViewTarget};
 use clap::Parser;
 use tracing::{error, info, warn};
 
@@ -22,6 +22,9 @@ struct Args {
     /// Directory of the projections (sled).
     #[arg(long, env = "DATA_DIR", default_value = "data/bank")]
     data_dir: PathBuf,
+    /// Keep the projections in PostgreSQL instead (`host=... user=... dbname=...`).
+    #[arg(long, env = "BANK_POSTGRES")]
+    postgres: Option<String>,
     /// Directory of aggregate definitions (banking-account.yaml).
     #[arg(long, env = "AGGREGATES_DIR", default_value = "aggregates")]
     aggregates: PathBuf,
@@ -59,7 +62,10 @@ async fn run(args: Args) -> Result<()> {
         listener,
         BankConfig {
             definition,
-            data_dir: args.data_dir,
+            views: match args.postgres {
+                Some(url) => ViewTarget::Postgres(url),
+                None => ViewTarget::Sled(args.data_dir),
+            },
         },
         client,
         shutdown_signal(),

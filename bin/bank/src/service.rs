@@ -14,9 +14,10 @@ use saga_aggregates::Money;
 use saga_core::{Clock, SystemClock};
 use saga_eventstore::definition::AggregateDefinition;
 use saga_eventstore::jetstream::{JetStreamEventStore, JetStreamSnapshotStore, Provisioning};
+use saga_eventstore::postgres::PgViews;
 use saga_eventstore::{
     CommandMeta, ErrorKind, EsError, ExecuteError, Projection, ProjectionHandle, ProjectionRunner,
-    Repository, SledViews, Until,
+    Repository, SledViews, Until, ViewStore,
 };
 use saga_proto::es as pb;
 use saga_proto::es::bank_server::{Bank, BankServer};
@@ -25,13 +26,22 @@ use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
+/// Where the projections are written.
+#[derive(Debug, Clone)]
+pub enum ViewTarget {
+    /// An embedded sled database in this directory.
+    Sled(PathBuf),
+    /// A PostgreSQL database (`host=... user=... dbname=...`).
+    Postgres(String),
+}
+
 /// What the service needs.
 #[derive(Debug, Clone)]
 pub struct BankConfig {
     /// The BankAccount definition (checked against the Protobuf messages).
     pub definition: AggregateDefinition,
-    /// Directory of the sled views.
-    pub data_dir: PathBuf,
+    /// Where the views are kept.
+    pub views: ViewTarget,
 }
 
 fn status_of(e: EsError) -> Status {
@@ -66,7 +76,7 @@ fn required<'a>(text: &'a str, field: &str) -> Result<&'a str, Status> {
 #[derive(Clone)]
 pub struct BankService {
     repo: Repository<BankAccount>,
-    views: SledViews,
+    views: Arc<dyn ViewStore>,
     balance: ProjectionHandle,
     clock: Arc<dyn Clock>,
 }
@@ -217,7 +227,7 @@ impl Bank for BankService {
     ) -> Result<Response<pb::Balance>, Status> {
         let r = request.into_inner();
         required(&r.account_id, "account_id")?;
-        let row = account_balance(&self.views, &r.account_id)
+        let row = account_balance(self.views.as_ref(), &r.account_id)
             .await
             .map_err(status_of)?
             .ok_or_else(|| {
@@ -253,7 +263,7 @@ impl Bank for BankService {
                 .parse()
                 .map_err(|_| Status::invalid_argument("page_token: not a token of this service"))?
         };
-        let page = transaction_history(&self.views, &r.account_id, after, size + 1)
+        let page = transaction_history(self.views.as_ref(), &r.account_id, after, size + 1)
             .await
             .map_err(status_of)?;
         let more = page.len() > size;
@@ -374,14 +384,20 @@ pub async fn serve_on(
         bank::upcasters(),
         clock.clone(),
     )?;
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        EsError::with_source(
-            ErrorKind::Unavailable,
-            format!("creating {}", config.data_dir.display()),
-            e,
-        )
-    })?;
-    let views = SledViews::open(&config.data_dir)?;
+    let (views, sled): (Arc<dyn ViewStore>, Option<SledViews>) = match &config.views {
+        ViewTarget::Sled(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                EsError::with_source(
+                    ErrorKind::Unavailable,
+                    format!("creating {}", dir.display()),
+                    e,
+                )
+            })?;
+            let sled = SledViews::open(dir)?;
+            (Arc::new(sled.clone()), Some(sled))
+        }
+        ViewTarget::Postgres(url) => (Arc::new(PgViews::connect(url).await?), None),
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut handles = BTreeMap::new();
     let mut tasks = Vec::new();
@@ -446,7 +462,7 @@ pub async fn serve_on(
         }
     }
     control.abort();
-    if let Err(e) = views.flush() {
+    if let Some(Err(e)) = sled.map(|s| s.flush()) {
         tracing::warn!(error = %e, "could not flush the views");
     }
     served?;

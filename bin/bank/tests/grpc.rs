@@ -37,7 +37,7 @@ async fn open_deposit_withdraw_read_back_and_rebuild_through_the_api() {
         listener,
         BankConfig {
             definition,
-            data_dir: dir.path().to_path_buf(),
+            views: bank::ViewTarget::Sled(dir.path().to_path_buf()),
         },
         client.clone(),
         async {

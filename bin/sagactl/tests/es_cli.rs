@@ -44,7 +44,7 @@ async fn an_account_is_shown_now_and_back_then_and_its_projections_listed_and_re
         listener,
         bank::BankConfig {
             definition: saga_aggregates::load_definition("banking-account.yaml").unwrap(),
-            data_dir: dir.path().to_path_buf(),
+            views: bank::ViewTarget::Sled(dir.path().to_path_buf()),
         },
         client,
         async {

@@ -75,6 +75,37 @@ pub trait ViewStore: Send + Sync + 'static {
     ) -> Result<Vec<Row>, EsError>;
 }
 
+#[async_trait]
+impl<T: ViewStore + ?Sized> ViewStore for Arc<T> {
+    async fn live_generation(&self, name: &str) -> Result<u64, EsError> {
+        (**self).live_generation(name).await
+    }
+    async fn checkpoint(&self, name: &str, generation: u64) -> Result<u64, EsError> {
+        (**self).checkpoint(name, generation).await
+    }
+    async fn begin(&self, name: &str, generation: u64) -> Result<Box<dyn ViewBatch>, EsError> {
+        (**self).begin(name, generation).await
+    }
+    async fn clear(&self, name: &str, generation: u64) -> Result<(), EsError> {
+        (**self).clear(name, generation).await
+    }
+    async fn switch(&self, name: &str, generation: u64) -> Result<(), EsError> {
+        (**self).switch(name, generation).await
+    }
+    async fn get(&self, name: &str, key: &[u8]) -> Result<Option<Vec<u8>>, EsError> {
+        (**self).get(name, key).await
+    }
+    async fn scan(
+        &self,
+        name: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Row>, EsError> {
+        (**self).scan(name, prefix, after, limit).await
+    }
+}
+
 /// The writes of one batch, committed with the new checkpoint in one atomic write.
 #[async_trait]
 pub trait ViewBatch: ViewTx {
