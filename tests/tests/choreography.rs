@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::pull;
 use saga_choreography::ConsumerStore;
 use saga_e2e::*;
-use saga_proto as pb;
+use saga_proto::{self as pb, Message};
 use tonic::Request;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -98,6 +98,42 @@ async fn a_placed_order_reaches_the_three_consumers_and_a_poisoned_event_is_redr
         }
     })
     .await;
+    // A client retrying the same request gets the same saga, and no second OrderPlaced.
+    let replay = client
+        .place_order(Request::new(pb::PlaceOrderRequest {
+            customer_id: "ada".into(),
+            items: vec![pb::OrderItem {
+                sku: "sku-1".into(),
+                quantity: 1,
+                unit_price_cents: 1200,
+            }],
+            idempotency_key: "choreo-1".into(),
+        }))
+        .await
+        .expect("PlaceOrder replay")
+        .into_inner();
+    assert_eq!(replay.saga_id, placed.saga_id);
+    let events = js.get_stream("SAGA_EVENTS").await.unwrap();
+    let first = events
+        .get_last_raw_message_by_subject(&format!("events.orders.OrderPlaced.{}", placed.saga_id))
+        .await
+        .expect("OrderPlaced published by the gateway");
+    let subjects: Vec<(String, usize)> = futures::TryStreamExt::try_collect(
+        events
+            .info_with_subjects("events.orders.OrderPlaced.>")
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        subjects,
+        [(format!("events.orders.OrderPlaced.{}", placed.saga_id), 1)]
+    );
+    let order_placed = pb::OrderPlaced::decode(first.payload.as_ref()).unwrap();
+    assert_eq!(order_placed.order_id, placed.order_id);
+    assert_eq!(order_placed.correlation_id, placed.saga_id);
+    assert_eq!(order_placed.total_cents, 1200);
     until("notification and shipping to drain", || async {
         drained(&js, "notification").await && drained(&js, "shipping").await
     })
