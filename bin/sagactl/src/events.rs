@@ -18,6 +18,11 @@ pub enum EventsCommand {
         /// Catalog file.
         #[arg(long, default_value = DEFAULT_CATALOG)]
         catalog: PathBuf,
+        /// Saga definitions to check the catalog against (the events they announce
+        /// must be catalogued with them as producers); skipped when the directory is
+        /// missing.
+        #[arg(long, default_value = "sagas")]
+        sagas: PathBuf,
     },
     /// The events: message, subject, key, consumers.
     Ls {
@@ -46,7 +51,7 @@ pub const DEFAULT_CATALOG: &str = "events/order-events.yaml";
 
 pub fn run(command: EventsCommand, json: bool) -> ExitCode {
     let file = match &command {
-        EventsCommand::Validate { catalog }
+        EventsCommand::Validate { catalog, .. }
         | EventsCommand::Ls { catalog }
         | EventsCommand::Show { catalog, .. }
         | EventsCommand::Graph { catalog } => catalog.clone(),
@@ -55,6 +60,34 @@ pub fn run(command: EventsCommand, json: bool) -> ExitCode {
         return ExitCode::FAILURE;
     };
     match command {
+        EventsCommand::Validate { sagas, .. } if sagas.is_dir() => {
+            let defs = match saga_core::definition::load_dir(&sagas) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let errors = saga_choreography::catalog::check_against_sagas(&catalog, defs.values());
+            if !errors.is_empty() {
+                eprintln!(
+                    "FAIL {}: {} problem(s) against the sagas in {}",
+                    file.display(),
+                    errors.len(),
+                    sagas.display()
+                );
+                for e in errors {
+                    eprintln!("{}: {}: {}", file.display(), e.location, e.message);
+                }
+                return ExitCode::FAILURE;
+            }
+            outln!(
+                "ok   {}: agrees with the {} saga(s) in {}",
+                file.display(),
+                defs.len(),
+                sagas.display()
+            );
+        }
         EventsCommand::Validate { .. } => {}
         EventsCommand::Ls { .. } => ls(&catalog, json),
         EventsCommand::Show { event, .. } => return show(&catalog, &event, json),

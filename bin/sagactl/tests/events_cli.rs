@@ -26,6 +26,10 @@ fn the_order_catalog_validates_lists_shows_and_draws() {
         "ok   events/order-events.yaml: 4 events, 5 services, 3 ordering rules enforced"
     ));
     assert!(out.contains("kept as documentation, not enforced"), "{out}");
+    assert!(
+        out.contains("ok   events/order-events.yaml: agrees with the 2 saga(s) in sagas"),
+        "{out}"
+    );
 
     let (out, _) = text(&sagactl(&["events", "ls"]));
     assert!(out.lines().any(|l| l.starts_with("OrderConfirmed")

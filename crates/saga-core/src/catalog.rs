@@ -688,6 +688,64 @@ fn rule_events(rule: &OrderingRule) -> [&str; 2] {
     }
 }
 
+/// Checks the catalog against the saga definitions that publish into its domain: each
+/// event a saga announces (`events.completed` / `compensated`) must be catalogued with
+/// the saga among its producers, and a producer named like a saga must be one that
+/// announces the event. Problems are placed on the catalog's events.
+pub fn check_against_sagas<'a>(
+    catalog: &EventCatalog,
+    sagas: impl IntoIterator<Item = &'a crate::SagaDefinition>,
+) -> Vec<DefinitionError> {
+    let mut errors = Vec::new();
+    let sagas: Vec<&crate::SagaDefinition> = sagas
+        .into_iter()
+        .filter(|s| s.events.domain == catalog.domain)
+        .collect();
+    for saga in &sagas {
+        for name in [&saga.events.on_completed, &saga.events.on_compensated]
+            .into_iter()
+            .flatten()
+        {
+            match catalog.event(name) {
+                None => errors.push(DefinitionError {
+                    location: "events".into(),
+                    message: format!(
+                        "saga `{}` publishes `{name}` on events.{}, which the catalog does not describe",
+                        saga.name, catalog.domain
+                    ),
+                }),
+                Some(ev) if !ev.producers.iter().any(|p| p.service == saga.name) => {
+                    errors.push(DefinitionError {
+                        location: format!("event `{name}` producers"),
+                        message: format!("saga `{}` publishes it but is not listed", saga.name),
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    for ev in &catalog.events {
+        for p in &ev.producers {
+            if let Some(saga) = sagas.iter().find(|s| s.name == p.service) {
+                let announces = [&saga.events.on_completed, &saga.events.on_compensated]
+                    .into_iter()
+                    .flatten()
+                    .any(|n| *n == ev.name);
+                if !announces {
+                    errors.push(DefinitionError {
+                        location: format!("event `{}` producers", ev.name),
+                        message: format!(
+                            "saga `{}` is listed but announces no `{}` (its events: completed {:?}, compensated {:?})",
+                            saga.name, ev.name, saga.events.on_completed, saga.events.on_compensated
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    errors
+}
+
 /// Mermaid flowchart: producers -> event -> consumers (labels: what each does).
 pub fn mermaid(catalog: &EventCatalog) -> String {
     let mut out = String::from("flowchart LR\n");
@@ -825,6 +883,31 @@ invariants:
         ] {
             assert!(shown.contains(needle), "missing {needle:?} in:\n{shown}");
         }
+    }
+
+    #[test]
+    fn the_catalog_agrees_with_the_sagas_that_publish_into_it() {
+        let c = parse_catalog("c.yaml", CATALOG).unwrap().catalog;
+        let checkout = crate::definition::parse_definition(
+            "order-checkout.yaml",
+            include_str!("../../../sagas/order-checkout.yaml"),
+        )
+        .unwrap()
+        .definition;
+        assert_eq!(check_against_sagas(&c, [&checkout]), []);
+        let mut renamed = checkout.clone();
+        renamed.events.on_compensated = Some("OrderAborted".into());
+        let errors: Vec<String> = check_against_sagas(&c, [&renamed])
+            .into_iter()
+            .map(|e| format!("{}: {}", e.location, e.message))
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                "events: saga `OrderCheckout` publishes `OrderAborted` on events.orders, which the catalog does not describe",
+                "event `OrderCancelled` producers: saga `OrderCheckout` is listed but announces no `OrderCancelled` (its events: completed Some(\"OrderConfirmed\"), compensated Some(\"OrderAborted\"))",
+            ]
+        );
     }
 
     #[test]
