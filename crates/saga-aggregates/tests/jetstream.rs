@@ -422,3 +422,75 @@ async fn an_account_is_loaded_as_of_a_version_or_a_time() {
     let kinds: Vec<&str> = history.iter().map(|(r, _)| r.event_type.as_str()).collect();
     assert_eq!(kinds, ["AccountOpened", "MoneyDeposited"]);
 }
+
+fn raw(id: &str) -> NewEvent {
+    NewEvent {
+        event_type: "MoneyDeposited".into(),
+        schema_version: 1,
+        event_id: id.into(),
+        causation_id: String::new(),
+        correlation_id: String::new(),
+        timestamp: 1,
+        payload: Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_append_completes_what_a_crash_left_half_done_and_other_ids_conflict() {
+    let nats = NatsServer::start().unwrap();
+    let bank = connect(&nats).await;
+    let other = connect(&nats).await;
+    let stream = StreamId::new("BankAccount", "A9").unwrap();
+    // The first writer got only its first event in before it crashed.
+    bank.events
+        .append(&stream, ExpectedVersion::NoStream, vec![raw("e1")])
+        .await
+        .unwrap();
+    // Its retry (another process: nothing cached) sends the whole append again.
+    let done = other
+        .events
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![raw("e1"), raw("e2")],
+        )
+        .await
+        .unwrap();
+    assert_eq!((done.version, done.duplicate), (2, false));
+    let ids: Vec<String> = other
+        .events
+        .read_stream(&stream, 1, 0, Until::End)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(ids, ["e1", "e2"]);
+    // The same again changes nothing.
+    let again = bank
+        .events
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![raw("e1"), raw("e2")],
+        )
+        .await
+        .unwrap();
+    assert_eq!((again.version, again.duplicate), (2, true));
+    // Other events at a stale version are a conflict, whichever client sends them.
+    for client in [&bank, &other] {
+        let e = client
+            .events
+            .append(&stream, ExpectedVersion::Exact(1), vec![raw("e3")])
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+    }
+    let ahead = bank
+        .events
+        .append(&stream, ExpectedVersion::Exact(5), vec![raw("e3")])
+        .await
+        .unwrap_err();
+    assert_eq!(ahead.kind(), ErrorKind::Conflict, "{ahead}");
+    assert_eq!(bank.events.stream_version(&stream).await.unwrap(), 2);
+}

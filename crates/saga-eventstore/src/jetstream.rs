@@ -328,14 +328,20 @@ impl EventStore for JetStreamEventStore {
         let mut all_duplicates = true;
         let mut i = 0;
         if version != wanted {
-            // Perhaps a retry whose events are partly or wholly stored.
+            // Perhaps a retry whose events are partly or wholly stored; else a conflict.
             i = self.stored_prefix(stream, wanted, &events, version).await?;
-            let (v, p) = self.last(&subject).await?.unwrap_or((0, 0));
-            (version, position) = (v, p);
+            if i == 0 {
+                return Err(EsError::conflict(format!(
+                    "{stream} is at version {version}, not {wanted}"
+                )));
+            }
+            (version, position) = self.last(&subject).await?.unwrap_or((0, 0));
         }
         while i < events.len() {
+            // `Any` checks nothing for its first event; the others follow it.
+            let expect = (expected != ExpectedVersion::Any || i > 0).then_some(position);
             match self
-                .publish(&subject, stream, version + 1, Some(position), &events[i])
+                .publish(&subject, stream, version + 1, expect, &events[i])
                 .await?
             {
                 Ok((sequence, duplicate)) => {
@@ -345,7 +351,10 @@ impl EventStore for JetStreamEventStore {
                     i += 1;
                 }
                 Err(()) => {
-                    let stored = self.stored_prefix(stream, wanted, &events, version).await?;
+                    // Another writer, or a retry of this append after the server's
+                    // duplicate window: the ids of the events that are there decide.
+                    let current = self.last(&subject).await?.map_or(0, |(v, _)| v);
+                    let stored = self.stored_prefix(stream, wanted, &events, current).await?;
                     if stored <= i {
                         return Err(EsError::conflict(format!(
                             "{stream}: another writer appended after version {version}"
