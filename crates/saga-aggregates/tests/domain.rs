@@ -176,3 +176,31 @@ fn a_schema_that_disagrees_with_the_protobuf_message_is_refused() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn the_projection_harness_rebuilds_the_balance_and_finds_1300_at_version_3() {
+    use saga_aggregates::views::{account_balance, AccountBalanceView};
+    use saga_eventstore::testing::ProjectionTest;
+    use std::sync::Arc;
+
+    let test = ProjectionTest::new(&load_definition("banking-account.yaml").unwrap())
+        .with_upcasters(bank::upcasters());
+    test.given::<BankAccount>("A1", vec![opened("1000"), deposited("t1", "500")])
+        .await
+        .given::<BankAccount>(
+            "A1",
+            vec![BankEvent::Withdrawn(pb::MoneyWithdrawn {
+                account_id: "A1".into(),
+                amount: "200".into(),
+                transaction_id: "t2".into(),
+                withdrawn_at: 3,
+            })],
+        )
+        .await;
+    let views = test
+        .rebuild_and_compare(Arc::new(AccountBalanceView::default()))
+        .await;
+    let row = account_balance(&views, "A1").await.unwrap().unwrap();
+    assert_eq!(row.balance.to_string(), "1300.00");
+    assert_eq!(row.version, 3);
+}
