@@ -78,16 +78,33 @@ fn json<T: Serialize>(v: &T) -> Result<Vec<u8>, HandleError> {
     serde_json::to_vec(v).map_err(|e| HandleError::Reject(format!("encoding: {e}")))
 }
 
-/// Fault knob shared by the handlers: a technical failure on every event of this name.
+/// Fault knob shared by the handlers: a technical failure on every event of this name
+/// (or, with [`FailOn::while_file`], only while that file exists: a demo "fixes" the
+/// consumer by removing it, without a restart).
 #[derive(Debug, Clone, Default)]
-pub struct FailOn(pub Option<String>);
+pub struct FailOn(pub Option<String>, pub Option<PathBuf>);
 
 impl FailOn {
+    /// Fails on `event` (if any).
+    pub fn on(event: Option<String>) -> Self {
+        Self(event, None)
+    }
+
+    /// Fails only while `path` exists.
+    pub fn while_file(mut self, path: Option<PathBuf>) -> Self {
+        self.1 = path;
+        self
+    }
+
     fn check(&self, event: &Event) -> Result<(), HandleError> {
-        match &self.0 {
-            Some(name) if *name == event.name => Err(HandleError::Technical(format!(
-                "injected technical failure on {name}"
-            ))),
+        match (&self.0, &self.1) {
+            (Some(name), file)
+                if *name == event.name && file.as_ref().is_none_or(|f| f.exists()) =>
+            {
+                Err(HandleError::Technical(format!(
+                    "injected technical failure on {name}"
+                )))
+            }
             _ => Ok(()),
         }
     }
@@ -288,6 +305,21 @@ pub struct ConsumerArgs {
     /// Fault knob: a technical failure on every event of this name.
     #[arg(long, env = "FAIL_ON_EVENT", value_name = "EVENT")]
     pub fail_on_event: Option<String>,
+    /// With --fail-on-event: fail only while this file exists.
+    #[arg(
+        long,
+        env = "FAIL_WHILE_FILE",
+        value_name = "PATH",
+        requires = "fail_on_event"
+    )]
+    pub fail_while_file: Option<PathBuf>,
+}
+
+impl ConsumerArgs {
+    /// The fault knob these flags ask for.
+    pub fn fail_on(&self) -> FailOn {
+        FailOn::on(self.fail_on_event.clone()).while_file(self.fail_while_file.clone())
+    }
 }
 
 /// Connects, provisions `evt-<service>`, consumes until SIGTERM/Ctrl-C, then prints a
@@ -368,5 +400,32 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_failure_knob_fails_its_event_only_while_its_file_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("broken");
+        let ev = |name: &str| Event {
+            name: name.into(),
+            key: "o-1".into(),
+            correlation_id: None,
+            subject: String::new(),
+            stream_sequence: 1,
+            headers: Headers::new(),
+            payload: Vec::new(),
+        };
+        let always = FailOn::on(Some("OrderConfirmed".into()));
+        assert!(always.check(&ev("OrderConfirmed")).is_err());
+        assert!(always.check(&ev("OrderPlaced")).is_ok());
+        let while_file = always.clone().while_file(Some(marker.clone()));
+        assert!(while_file.check(&ev("OrderConfirmed")).is_ok());
+        std::fs::write(&marker, b"").unwrap();
+        assert!(while_file.check(&ev("OrderConfirmed")).is_err());
     }
 }

@@ -193,7 +193,7 @@ async fn a_failing_consumer_climbs_the_ladder_into_the_dlq_and_a_redrive_succeed
         ..quick()
     };
     let broken = Rewards {
-        fail_on: FailOn(Some("OrderConfirmed".into())),
+        fail_on: FailOn::on(Some("OrderConfirmed".into())),
     };
     let rewards =
         start_in_process(&b, "rewards", dir.path(), Arc::new(broken), ladder.clone()).await;

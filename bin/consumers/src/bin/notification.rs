@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use clap::Parser;
-use consumers::{notifications, serve, ConsumerArgs, FailOn, Notifier};
+use consumers::{notifications, serve, ConsumerArgs, Notifier};
 
 /// Records a customer message for every order event it hears of.
 #[derive(Debug, Parser)]
@@ -18,7 +18,7 @@ async fn main() -> anyhow::Result<()> {
     saga_telemetry::init("notification");
     let args = Args::parse();
     let handler = Notifier {
-        fail_on: FailOn(args.common.fail_on_event.clone()),
+        fail_on: args.common.fail_on(),
     };
     serve("notification", args.common, Arc::new(handler), |db| {
         Ok(format!(

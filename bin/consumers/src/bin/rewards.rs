@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use clap::Parser;
-use consumers::{reward_entries, serve, ConsumerArgs, FailOn, Rewards};
+use consumers::{reward_entries, serve, ConsumerArgs, Rewards};
 
 /// Awards loyalty points on OrderConfirmed; takes them back on a later OrderCancelled.
 #[derive(Debug, Parser)]
@@ -18,7 +18,7 @@ async fn main() -> anyhow::Result<()> {
     saga_telemetry::init("rewards");
     let args = Args::parse();
     let handler = Rewards {
-        fail_on: FailOn(args.common.fail_on_event.clone()),
+        fail_on: args.common.fail_on(),
     };
     serve("rewards", args.common, Arc::new(handler), |db| {
         let entries = reward_entries(db)?;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use clap::Parser;
-use consumers::{serve, shipments, ConsumerArgs, FailOn, Shipping};
+use consumers::{serve, shipments, ConsumerArgs, Shipping};
 
 /// Creates a shipment on OrderConfirmed and publishes OrderShipped.
 #[derive(Debug, Parser)]
@@ -18,7 +18,7 @@ async fn main() -> anyhow::Result<()> {
     saga_telemetry::init("shipping");
     let args = Args::parse();
     let handler = Shipping {
-        fail_on: FailOn(args.common.fail_on_event.clone()),
+        fail_on: args.common.fail_on(),
     };
     serve("shipping", args.common, Arc::new(handler), |db| {
         Ok(format!(
