@@ -499,8 +499,13 @@ async fn bad_requests_name_their_field_and_unknown_sagas_are_not_found() {
             .await,
         "items[0].unit_price_cents: ",
     );
-    let huge: Vec<pb::OrderItem> = (0..2_000)
-        .map(|i| item(&format!("sku-{i:040}"), 1, 1))
+    let many: Vec<pb::OrderItem> = (0..257).map(|i| item(&format!("sku-{i}"), 1, 1)).collect();
+    assert_invalid(
+        client.place_order(req(place("alice", many, ""))).await,
+        "items: at most 256 lines (got 257)",
+    );
+    let huge: Vec<pb::OrderItem> = (0..256)
+        .map(|i| item(&format!("sku-{i:0250}"), 1, 1))
         .collect();
     assert_invalid(
         client.place_order(req(place("alice", huge, ""))).await,
