@@ -23,6 +23,8 @@ COPY crates crates
 COPY bin bin
 COPY tests tests
 COPY sagas sagas
+COPY events events
+COPY aggregates aggregates
 
 # Cache mounts keep the registry and target dir across builds; the binaries are copied
 # out of the cached target dir because cache mounts are not part of the image.
@@ -31,7 +33,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --workspace --bins \
  && mkdir -p /out \
- && for b in saga-worker saga-gateway inventory payment orders flight hotel sagactl; do \
+ && for b in saga-worker saga-gateway inventory payment orders flight hotel \
+                 notification rewards shipping bank sagactl; do \
         cp "target/release/$b" /out/; \
     done
 
@@ -46,6 +49,8 @@ RUN apt-get update \
 
 COPY --from=build /out/ /usr/local/bin/
 COPY sagas /etc/saga/sagas
+COPY events /etc/saga/events
+COPY aggregates /etc/saga/aggregates
 
 # Every binary reads these (flags override them). PARTITIONS is the workers' and the
 # gateway's name for the partition count, SAGA_PARTITIONS the participants'.

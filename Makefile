@@ -48,6 +48,7 @@ chaos: setup ## long chaos run on a release stack: 10,000 orders, 50 faults of e
 
 test: setup ## run every test (unit, property, CLI, end-to-end on a real nats-server)
 	@scripts/install-faketime.sh
+	@scripts/install-postgresql.sh
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --all-targets --no-fail-fast
 	$(CARGO) test --workspace --doc

@@ -297,7 +297,17 @@ pub struct DevArgs {
     pub workers: u32,
     #[command(flatten)]
     pub stack: StackArgs,
-    /// Place demo orders (one completes, two are compensated) and print how they ended.
+    /// Where the event-sourced `bank` service listens for gRPC (saga.es.v1.Bank).
+    #[arg(long, default_value = "127.0.0.1:50061")]
+    pub bank_addr: SocketAddr,
+    /// The event catalog the consumers (notification, rewards, shipping) follow.
+    #[arg(long, default_value = "events/order-events.yaml")]
+    pub catalog: PathBuf,
+    /// Directory of aggregate definitions (the bank's banking-account.yaml).
+    #[arg(long, default_value = "aggregates")]
+    pub aggregates: PathBuf,
+    /// Place demo orders (one completes, two are compensated) and print how they ended;
+    /// then the consumers' reactions, a poisoned event redriven, and a bank account.
     #[arg(long)]
     pub demo: bool,
     /// With --demo: stop the stack once the demo is done (exit status 1 if a demo saga

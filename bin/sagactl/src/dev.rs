@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use saga_proto::{OrderItem, PlaceOrderRequest, Saga, SagaState};
 use tokio::time::Instant;
 
@@ -24,13 +24,21 @@ use crate::args::DevArgs;
 use crate::client::{rpc_error, Client};
 use crate::devctl;
 use crate::output::{esayln, sayln};
+use crate::projection::sibling_binary;
 use crate::render;
-use crate::stack::{port_in_use, Layout, Signals, Stack};
+use crate::stack::{
+    nats_accepts, port_in_use, wait_ready, Layout, Signals, Spec, Stack, NATS_READY,
+};
 use crate::supervise::Supervisor;
 use crate::watch::{until_terminal, Follow};
 
 /// The example participants, one process each.
 const PARTICIPANTS: [&str; 5] = ["inventory", "payment", "orders", "flight", "hotel"];
+/// The example event consumers (choreography downstream of the checkout).
+const CONSUMERS: [&str; 3] = ["notification", "rewards", "shipping"];
+/// While this file exists in the data directory, the demo's rewards consumer fails on
+/// OrderConfirmed (a poisoned event for the DLQ part of the demo).
+const REWARDS_BROKEN: &str = "rewards.broken";
 /// How long the demo sagas get to end.
 const DEMO_DEADLINE: Duration = Duration::from_secs(120);
 
@@ -52,6 +60,15 @@ pub async fn run(a: DevArgs) -> Result<ExitCode> {
             a.grpc_addr
         );
     }
+    if a.bank_addr.port() == 0 || a.bank_addr == a.grpc_addr {
+        bail!("--bank-addr needs a port of its own (e.g. 127.0.0.1:50061)");
+    }
+    if port_in_use(a.bank_addr) {
+        bail!(
+            "bank address {} is in use (another bank?); pass --bank-addr",
+            a.bank_addr
+        );
+    }
     let mut layout = Layout::new(
         &a.stack,
         &PARTICIPANTS,
@@ -65,6 +82,17 @@ pub async fn run(a: DevArgs) -> Result<ExitCode> {
         .push(("LEASE_TTL_MS".into(), a.lease_ttl_ms.to_string()));
     let logs = layout.logs();
     let control = devctl::bind(&layout.data)?;
+    let broken = layout.data.join(REWARDS_BROKEN);
+    layout.extras = extras(&a, &layout.data, &broken)?;
+    if a.demo {
+        std::fs::write(
+            &broken,
+            b"the demo's rewards consumer fails while this file exists\n",
+        )
+        .with_context(|| format!("creating {}", broken.display()))?;
+    } else {
+        let _ = std::fs::remove_file(&broken);
+    }
 
     let mut signals = Signals::new()?;
     let (mut stack, mut exits) = Stack::new(&logs);
@@ -80,8 +108,19 @@ pub async fn run(a: DevArgs) -> Result<ExitCode> {
         r = layout.start(&mut stack, &mut exits) => r,
         name = signals.recv() => Err(anyhow!("{name}: stopping before the stack was up")),
     };
+    let started = match started {
+        Ok((c, _)) => {
+            let bank = a.bank_addr;
+            wait_ready(&mut exits, NATS_READY, "the bank to listen", || {
+                nats_accepts(bank)
+            })
+            .await
+            .map(|()| c)
+        }
+        Err(e) => Err(e),
+    };
     let client = match started {
-        Ok((c, _)) => c,
+        Ok(c) => c,
         Err(e) => {
             stack.stop().await;
             return Err(e);
@@ -97,6 +136,12 @@ pub async fn run(a: DevArgs) -> Result<ExitCode> {
     );
     sayln!("  SAGA_GATEWAY=http://{grpc} sagactl saga list");
     sayln!(
+        "  grpcurl -plaintext -d '{{\"account_id\":\"A1\",\"customer_id\":\"C1\",\"initial_balance\":\"1000\"}}' {} saga.es.v1.Bank/OpenAccount",
+        a.bank_addr
+    );
+    sayln!("  NATS_URL={nats_url} sagactl es show BankAccount A1");
+    sayln!("  SAGA_GATEWAY=http://{grpc} sagactl dlq ls");
+    sayln!(
         "  sagactl cluster --nats-url {nats_url} --lease-ttl-ms {}",
         a.lease_ttl_ms
     );
@@ -110,9 +155,16 @@ pub async fn run(a: DevArgs) -> Result<ExitCode> {
     let server = tokio::spawn(devctl::serve(control, calls_tx));
     let (mut supervisor, mut gone) = Supervisor::new(&stack, a.max_restarts);
 
+    let demo_env = DemoEnv {
+        logs: logs.clone(),
+        broken: broken.clone(),
+        bank: a.bank_addr,
+        nats_url: nats_url.clone(),
+        grpc: grpc.clone(),
+    };
     let demo = async {
         if a.demo {
-            Some(demo(client).await)
+            Some(demo(client, &demo_env).await)
         } else {
             std::future::pending().await
         }
@@ -205,9 +257,81 @@ const DEMO: [DemoCase; 3] = [
     },
 ];
 
-/// Places the demo orders, follows them to the end and prints how they ended; true when
-/// each ended as expected.
-async fn demo(client: Client) -> Result<bool> {
+/// What the demo needs to know of the stack beyond the gateway.
+#[derive(Debug)]
+struct DemoEnv {
+    logs: std::path::PathBuf,
+    broken: std::path::PathBuf,
+    bank: SocketAddr,
+    nats_url: String,
+    grpc: String,
+}
+
+/// The consumers and the bank, started once the gateway answers.
+fn extras(a: &DevArgs, data: &std::path::Path, broken: &std::path::Path) -> Result<Vec<Spec>> {
+    let found = |p: &std::path::Path, what: &str| {
+        p.canonicalize().map_err(|e| {
+            anyhow!(
+                "{what} {} not found ({e}); run from the repository root or pass the path",
+                p.display()
+            )
+        })
+    };
+    let catalog = found(&a.catalog, "the event catalog (--catalog)")?;
+    let aggregates = found(&a.aggregates, "the aggregate definitions (--aggregates)")?;
+    let mut specs = Vec::new();
+    let mut missing = Vec::new();
+    for name in CONSUMERS.iter().copied().chain(["bank"]) {
+        let bin = sibling_binary(name)?;
+        if !bin.is_file() {
+            missing.push(bin.display().to_string());
+        }
+        let dir = data.join(name).display().to_string();
+        let mut spec = if name == "bank" {
+            Spec::new(
+                name,
+                &bin,
+                vec![
+                    "--grpc-addr".into(),
+                    a.bank_addr.to_string(),
+                    "--data-dir".into(),
+                    dir,
+                    "--aggregates".into(),
+                    aggregates.display().to_string(),
+                ],
+            )
+            .listening_on(a.bank_addr.to_string())
+        } else {
+            let mut spec = Spec::new(name, &bin, vec!["--data-dir".into(), dir]);
+            spec.env
+                .push(("EVENT_CATALOG".into(), catalog.display().to_string()));
+            spec
+        };
+        spec.env.push(("RUST_LOG".into(), "info".into()));
+        if a.demo && name == "rewards" {
+            // A short ladder, and a failure on OrderConfirmed while the file exists: the
+            // demo's poisoned event, redriven once the file is gone.
+            spec.env.extend([
+                ("RETRY_LADDER".to_string(), "1s, 2s, 3s".to_string()),
+                ("FAIL_ON_EVENT".to_string(), "OrderConfirmed".to_string()),
+                ("FAIL_WHILE_FILE".to_string(), broken.display().to_string()),
+            ]);
+        }
+        specs.push(spec);
+    }
+    if !missing.is_empty() {
+        bail!(
+            "missing binaries beside sagactl: {}; build them with `cargo build --workspace --bins`",
+            missing.join(", ")
+        );
+    }
+    Ok(specs)
+}
+
+/// Places the demo orders, follows them to the end and prints how they ended; then
+/// shows the consumers reacting, a poisoned event redriven and a bank account. True
+/// when each part ended as expected.
+async fn demo(client: Client, env: &DemoEnv) -> Result<bool> {
     sayln!();
     sayln!("demo: placing {} orders", DEMO.len());
     let mut placed = Vec::new();
@@ -268,5 +392,255 @@ async fn demo(client: Client) -> Result<bool> {
         sayln!("{}", render::saga(&saga).trim_end());
     }
     sayln!();
+    let alice = placed
+        .first()
+        .map(|(_, id)| id.clone())
+        .ok_or_else(|| anyhow!("no demo order"))?;
+    all_ok &= choreography(client.clone(), env, &alice).await?;
+    all_ok &= bank(env).await?;
     Ok(all_ok)
+}
+
+/// Waits until `log` has a line with every one of `want`.
+async fn logged(log: &std::path::Path, want: &[&str], until: Instant) -> bool {
+    loop {
+        if let Ok(text) = std::fs::read_to_string(log) {
+            if text.lines().any(|l| want.iter().all(|w| l.contains(w))) {
+                return true;
+            }
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The consumers after alice's order: notification and shipping handle OrderConfirmed;
+/// rewards fails on it (the demo's poison), climbs its ladder into SAGA_DLQ, and handles
+/// it once fixed and redriven.
+async fn choreography(mut client: Client, env: &DemoEnv, saga_id: &str) -> Result<bool> {
+    let order = format!("order-{saga_id}");
+    let until = Instant::now() + DEMO_DEADLINE;
+    let handled = |event: &str| {
+        vec![
+            format!("event={event}"),
+            format!("key={order}"),
+            "event handled".to_string(),
+        ]
+    };
+    sayln!("demo: choreography: the consumers react to {order}");
+    let mut ok = true;
+    for (name, event) in [
+        ("notification", "OrderConfirmed"),
+        ("shipping", "OrderConfirmed"),
+    ] {
+        let want = handled(event);
+        let want: Vec<&str> = want.iter().map(String::as_str).collect();
+        let seen = logged(&env.logs.join(format!("{name}.log")), &want, until).await;
+        ok &= seen;
+        sayln!(
+            "demo:   {name}: {}",
+            if seen {
+                format!("handled {event} (see {}/{name}.log)", env.logs.display())
+            } else {
+                format!("did not handle {event} in time")
+            }
+        );
+    }
+    // The poisoned event: 1 s, 2 s, 3 s, then the DLQ.
+    let subject = format!("events.orders.OrderConfirmed.{saga_id}");
+    let letter = loop {
+        let found = client
+            .list_dead_letters(saga_proto::ListDeadLettersRequest {
+                source: "evt-rewards".into(),
+                limit: 0,
+            })
+            .await
+            .map_err(|st| rpc_error("ListDeadLetters", &st))?
+            .into_inner()
+            .dead_letters
+            .into_iter()
+            .find(|d| d.subject == subject);
+        if let Some(d) = found {
+            break d;
+        }
+        if Instant::now() >= until {
+            sayln!("demo:   rewards: no dead letter for {subject} in time");
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    sayln!(
+        "demo:   rewards: failed on OrderConfirmed {} times (ladder 1s, 2s, 3s), now dead letter {} in SAGA_DLQ: {}",
+        letter.deliveries,
+        letter.id,
+        letter.reason
+    );
+    sayln!(
+        "demo:   (SAGA_GATEWAY=http://{} sagactl dlq ls --source evt-rewards; sagactl dlq show {})",
+        env.grpc,
+        letter.id
+    );
+    std::fs::remove_file(&env.broken)
+        .with_context(|| format!("removing {}", env.broken.display()))?;
+    let redriven = client
+        .redrive_dead_letter(saga_proto::RedriveDeadLetterRequest {
+            id: letter.id,
+            to: String::new(),
+        })
+        .await
+        .map_err(|st| rpc_error("RedriveDeadLetter", &st))?
+        .into_inner();
+    sayln!(
+        "demo:   rewards fixed; dead letter {} redriven to {} (sagactl dlq redrive {})",
+        letter.id,
+        redriven.subject,
+        letter.id
+    );
+    let want = handled("OrderConfirmed");
+    let want: Vec<&str> = want.iter().map(String::as_str).collect();
+    let seen = logged(&env.logs.join("rewards.log"), &want, until).await;
+    sayln!(
+        "demo:   rewards: {}",
+        if seen {
+            "handled the redriven OrderConfirmed: points awarded"
+        } else {
+            "did not handle the redriven event in time"
+        }
+    );
+    sayln!();
+    Ok(ok && seen)
+}
+
+/// The BankAccount of the design documents: open with 1000, deposit 500, withdraw 200,
+/// read 1300 at version 3 from AccountBalanceView.
+async fn bank(env: &DemoEnv) -> Result<bool> {
+    use saga_proto::es::bank_client::BankClient;
+    use saga_proto::es::{
+        DepositRequest, ListTransactionsRequest, OpenAccountRequest, WithdrawRequest,
+    };
+    let addr = format!("http://{}", env.bank);
+    let mut bank = BankClient::connect(addr.clone())
+        .await
+        .with_context(|| format!("connecting to the bank at {addr}"))?;
+    let account = "demo-A1";
+    let rpc = |what: &'static str| move |st: tonic::Status| rpc_error(what, &st);
+    sayln!(
+        "demo: event sourcing: bank account {account} (saga.es.v1.Bank on {})",
+        env.bank
+    );
+    let opened = bank
+        .open_account(OpenAccountRequest {
+            account_id: account.into(),
+            customer_id: "C1".into(),
+            initial_balance: "1000".into(),
+        })
+        .await;
+    match opened {
+        Ok(r) => sayln!(
+            "demo:   opened with 1000 -> balance {}",
+            r.into_inner().balance
+        ),
+        // A demo run again on the same data: the account exists.
+        Err(st) if st.code() == tonic::Code::AlreadyExists => {
+            sayln!("demo:   {account} exists already (data from an earlier run); showing it");
+            return show_balance(&mut bank, account, None).await;
+        }
+        Err(st) => return Err(rpc("OpenAccount")(st)),
+    }
+    let d = bank
+        .deposit(DepositRequest {
+            account_id: account.into(),
+            transaction_id: "t1".into(),
+            amount: "500".into(),
+            currency: String::new(),
+        })
+        .await
+        .map_err(rpc("Deposit"))?
+        .into_inner();
+    sayln!(
+        "demo:   deposited 500 -> balance {} (version {})",
+        d.balance_after,
+        d.version
+    );
+    let w = bank
+        .withdraw(WithdrawRequest {
+            account_id: account.into(),
+            transaction_id: "t2".into(),
+            amount: "200".into(),
+        })
+        .await
+        .map_err(rpc("Withdraw"))?
+        .into_inner();
+    sayln!(
+        "demo:   withdrew 200 -> balance {} (version {})",
+        w.balance_after,
+        w.version
+    );
+    let ok = show_balance(&mut bank, account, Some(3)).await?;
+    let history = bank
+        .list_transactions(ListTransactionsRequest {
+            account_id: account.into(),
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .map_err(rpc("ListTransactions"))?
+        .into_inner();
+    for t in &history.transactions {
+        sayln!(
+            "demo:   history: v{} {} {} {}",
+            t.version,
+            t.kind,
+            t.amount,
+            t.transaction_id
+        );
+    }
+    sayln!(
+        "demo:   (NATS_URL={} sagactl es show BankAccount {account})",
+        env.nats_url
+    );
+    sayln!();
+    Ok(ok)
+}
+
+/// Reads the balance from AccountBalanceView until it reaches `version` (the view is
+/// eventually consistent); true when it did.
+async fn show_balance(
+    bank: &mut saga_proto::es::bank_client::BankClient<tonic::transport::Channel>,
+    account: &str,
+    version: Option<u64>,
+) -> Result<bool> {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let b = bank
+            .get_balance(saga_proto::es::GetBalanceRequest {
+                account_id: account.into(),
+            })
+            .await;
+        match b {
+            Ok(b) => {
+                let b = b.into_inner();
+                if version.is_none_or(|v| b.version >= v) {
+                    sayln!(
+                        "demo:   AccountBalanceView: balance {} at version {} (lag {})",
+                        b.balance,
+                        b.version,
+                        b.lag
+                    );
+                    return Ok(true);
+                }
+            }
+            Err(st) if st.code() != tonic::Code::NotFound => {
+                return Err(rpc_error("GetBalance", &st))
+            }
+            Err(_) => {}
+        }
+        if Instant::now() >= until {
+            sayln!("demo:   AccountBalanceView did not catch up in time");
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

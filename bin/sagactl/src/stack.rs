@@ -717,6 +717,9 @@ pub struct Layout {
     /// Extra flags of a participant, by name.
     pub participant_args: Vec<(String, Vec<String>)>,
     pub ready_timeout: Duration,
+    /// Children started last, once the gateway answers (event consumers, other
+    /// services), each told the stack's NATS URL as `NATS_URL`.
+    pub extras: Vec<Spec>,
 }
 
 /// The children of a started stack.
@@ -765,6 +768,7 @@ impl Layout {
             worker_env: Vec::new(),
             participant_args: Vec::new(),
             ready_timeout: Duration::from_secs(args.ready_timeout),
+            extras: Vec::new(),
         })
     }
 
@@ -904,6 +908,15 @@ impl Layout {
             || probe_gateway(&addr),
         )
         .await?;
+
+        if !self.extras.is_empty() {
+            stack.tier();
+            for spec in &self.extras {
+                let mut spec = spec.clone();
+                spec.env.push(("NATS_URL".into(), self.nats_url()));
+                stack.spawn(spec)?;
+            }
+        }
         Ok((
             client,
             Launched {

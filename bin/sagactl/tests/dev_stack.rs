@@ -21,7 +21,7 @@ use support::{repo_root, still_running, STOP_DEADLINE};
 /// The whole run: startup, three sagas, shutdown. Far above what it takes (~10-20 s).
 const RUN_DEADLINE: Duration = Duration::from_secs(300);
 
-const CHILDREN: [&str; 8] = [
+const CHILDREN: [&str; 12] = [
     "nats-server",
     "saga-worker-1",
     "inventory",
@@ -30,6 +30,10 @@ const CHILDREN: [&str; 8] = [
     "flight",
     "hotel",
     "saga-gateway",
+    "notification",
+    "rewards",
+    "shipping",
+    "bank",
 ];
 
 fn prerequisites(sagactl: &Path) {
@@ -43,17 +47,23 @@ fn prerequisites(sagactl: &Path) {
             "orders",
             "flight",
             "hotel",
+            "notification",
+            "rewards",
+            "shipping",
+            "bank",
         ],
     );
 }
 
-/// Two distinct free ports (both held while the second is picked).
-fn free_ports() -> (u16, u16) {
+/// Three distinct free ports (all held while the next is picked): NATS, gateway, bank.
+fn free_ports() -> (u16, u16, u16) {
     let a = TcpListener::bind("127.0.0.1:0").unwrap();
     let b = TcpListener::bind("127.0.0.1:0").unwrap();
+    let c = TcpListener::bind("127.0.0.1:0").unwrap();
     (
         a.local_addr().unwrap().port(),
         b.local_addr().unwrap().port(),
+        c.local_addr().unwrap().port(),
     )
 }
 
@@ -70,7 +80,7 @@ fn dev_demo_runs_the_stack_and_leaves_no_child_behind() {
     let sagactl = PathBuf::from(env!("CARGO_BIN_EXE_sagactl"));
     prerequisites(&sagactl);
     let data = tempfile::tempdir().unwrap();
-    let (nats_port, grpc_port) = free_ports();
+    let (nats_port, grpc_port, bank_port) = free_ports();
     let grpc = format!("127.0.0.1:{grpc_port}");
 
     let mut cmd = Command::new(&sagactl);
@@ -78,6 +88,8 @@ fn dev_demo_runs_the_stack_and_leaves_no_child_behind() {
         .arg(nats_port.to_string())
         .arg("--grpc-addr")
         .arg(&grpc)
+        .arg("--bank-addr")
+        .arg(format!("127.0.0.1:{bank_port}"))
         .arg("--data-dir")
         .arg(data.path())
         .current_dir(repo_root())
@@ -112,6 +124,13 @@ fn dev_demo_runs_the_stack_and_leaves_no_child_behind() {
         "declined",
         "ReserveStock",
         "ChargePayment",
+        // The consumers react to the completed order; the poisoned event is redriven.
+        "demo:   notification: handled OrderConfirmed",
+        "demo:   shipping: handled OrderConfirmed",
+        "demo:   rewards: failed on OrderConfirmed 4 times (ladder 1s, 2s, 3s), now dead letter",
+        "demo:   rewards: handled the redriven OrderConfirmed: points awarded",
+        // The BankAccount of the design documents.
+        "demo:   AccountBalanceView: balance 1300.00 at version 3",
     ] {
         assert!(stdout.contains(want), "`{want}` not in the output:\n{all}");
     }
@@ -165,13 +184,15 @@ impl DevRun {
         let sagactl = sagactl();
         prerequisites(&sagactl);
         let data = tempfile::tempdir().unwrap();
-        let (nats_port, grpc_port) = free_ports();
+        let (nats_port, grpc_port, bank_port) = free_ports();
         let grpc = format!("127.0.0.1:{grpc_port}");
         let mut child = Command::new(&sagactl)
             .args(["dev", "--nats-port"])
             .arg(nats_port.to_string())
             .arg("--grpc-addr")
             .arg(&grpc)
+            .arg("--bank-addr")
+            .arg(format!("127.0.0.1:{bank_port}"))
             .arg("--data-dir")
             .arg(data.path())
             .args(extra)
@@ -543,7 +564,8 @@ fn dev_ps_kill_stop_start_restart_and_logs_control_a_running_stack() {
         assert_eq!(c["restarts"], 0, "{c}");
     }
     assert_eq!(ps[0]["listens"].as_str().unwrap().split(':').count(), 2);
-    assert_eq!(ps[CHILDREN.len() - 1]["listens"], run.grpc.as_str());
+    let gateway = ps.iter().find(|c| c["name"] == "saga-gateway").unwrap();
+    assert_eq!(gateway["listens"], run.grpc.as_str());
     let table = run.ctl_ok(&["ps"]);
     assert!(table.starts_with("NAME "), "{table}");
     assert!(table.contains("RESTARTS"), "{table}");
