@@ -8,13 +8,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bin=target/release
 sagas="${SAGAS:-1000}"
 nats_port="${NATS_PORT:-4334}"
-grpc="127.0.0.1:${GRPC_PORT:-50061}"
+grpc="127.0.0.1:${GRPC_PORT:-50071}"
+bank="127.0.0.1:${BANK_PORT:-50072}"
 
 run() { # workers concurrency
     local workers="$1" concurrency="$2" dir
     dir="$(mktemp -d)"
     "${bin}/sagactl" dev --workers "${workers}" --nats-port "${nats_port}" --grpc-addr "${grpc}" \
-        --data-dir "${dir}" >"${dir}/dev.out" 2>&1 &
+        --bank-addr "${bank}" --data-dir "${dir}" >"${dir}/dev.out" 2>&1 &
     local dev=$!
     for _ in $(seq 1 300); do
         grep -q "grpcurl" "${dir}/dev.out" 2>/dev/null && break
