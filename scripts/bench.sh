@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs `sagactl bench` against a local release stack (`sagactl dev`): concurrency 1, 16
+# Runs `sagactl bench` against a local release stack (`sagactl dev --sagas-only`: no
+# event consumers, no bank): concurrency 1, 16
 # and 64 with one worker, then 1, 2 and 3 workers at concurrency 64. Prints one line
 # per run; docs/benchmarks.md records the figures.
 #   SAGAS=1000 scripts/bench.sh
@@ -15,7 +16,7 @@ run() { # workers concurrency
     local workers="$1" concurrency="$2" dir
     dir="$(mktemp -d)"
     "${bin}/sagactl" dev --workers "${workers}" --nats-port "${nats_port}" --grpc-addr "${grpc}" \
-        --bank-addr "${bank}" --data-dir "${dir}" >"${dir}/dev.out" 2>&1 &
+        --sagas-only --bank-addr "${bank}" --data-dir "${dir}" >"${dir}/dev.out" 2>&1 &
     local dev=$!
     for _ in $(seq 1 300); do
         grep -q "grpcurl" "${dir}/dev.out" 2>/dev/null && break

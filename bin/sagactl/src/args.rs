@@ -306,6 +306,10 @@ pub struct DevArgs {
     /// Directory of aggregate definitions (the bank's banking-account.yaml).
     #[arg(long, default_value = "aggregates")]
     pub aggregates: PathBuf,
+    /// The saga runtime only: no event consumers, no bank (for benchmarks of the saga
+    /// path).
+    #[arg(long, conflicts_with = "demo")]
+    pub sagas_only: bool,
     /// Place demo orders (one completes, two are compensated) and print how they ended;
     /// then the consumers' reactions, a poisoned event redriven, and a bank account.
     #[arg(long)]

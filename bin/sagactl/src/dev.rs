@@ -83,7 +83,9 @@ pub async fn run(a: DevArgs) -> Result<ExitCode> {
     let logs = layout.logs();
     let control = devctl::bind(&layout.data)?;
     let broken = layout.data.join(REWARDS_BROKEN);
-    layout.extras = extras(&a, &layout.data, &broken)?;
+    if !a.sagas_only {
+        layout.extras = extras(&a, &layout.data, &broken)?;
+    }
     if a.demo {
         std::fs::write(
             &broken,
@@ -109,6 +111,7 @@ pub async fn run(a: DevArgs) -> Result<ExitCode> {
         name = signals.recv() => Err(anyhow!("{name}: stopping before the stack was up")),
     };
     let started = match started {
+        Ok((c, _)) if a.sagas_only => Ok(c),
         Ok((c, _)) => {
             let bank = a.bank_addr;
             wait_ready(&mut exits, NATS_READY, "the bank to listen", || {
@@ -135,12 +138,14 @@ pub async fn run(a: DevArgs) -> Result<ExitCode> {
         "  grpcurl -plaintext -d '{{\"customer_id\":\"alice\",\"items\":[{{\"sku\":\"sku-1\",\"quantity\":1,\"unit_price_cents\":1500}}]}}' {grpc} saga.v1.SagaGateway/PlaceOrder"
     );
     sayln!("  SAGA_GATEWAY=http://{grpc} sagactl saga list");
-    sayln!(
-        "  grpcurl -plaintext -d '{{\"account_id\":\"A1\",\"customer_id\":\"C1\",\"initial_balance\":\"1000\"}}' {} saga.es.v1.Bank/OpenAccount",
-        a.bank_addr
-    );
-    sayln!("  NATS_URL={nats_url} sagactl es show BankAccount A1");
-    sayln!("  SAGA_GATEWAY=http://{grpc} sagactl dlq ls");
+    if !a.sagas_only {
+        sayln!(
+            "  grpcurl -plaintext -d '{{\"account_id\":\"A1\",\"customer_id\":\"C1\",\"initial_balance\":\"1000\"}}' {} saga.es.v1.Bank/OpenAccount",
+            a.bank_addr
+        );
+        sayln!("  NATS_URL={nats_url} sagactl es show BankAccount A1");
+        sayln!("  SAGA_GATEWAY=http://{grpc} sagactl dlq ls");
+    }
     sayln!(
         "  sagactl cluster --nats-url {nats_url} --lease-ttl-ms {}",
         a.lease_ttl_ms

@@ -95,6 +95,16 @@ fn bad_flags_of_saga_bench_and_dev_are_refused() {
     );
     refused(&["bench", "--sagas", "0"], 2, &["--sagas"]);
     refused(
+        &["dev", "--sagas-only", "--demo"],
+        2,
+        &["--sagas-only", "cannot be used with", "--demo"],
+    );
+    refused(
+        &["dev", "kill", "payment", "--signal", "HUP"],
+        2,
+        &["'HUP'", "KILL, TERM, STOP, CONT"],
+    );
+    refused(
         &["bench", "--rate=-1"],
         2,
         &["`-1` is not a positive number"],
