@@ -2,6 +2,7 @@
 //! transaction which also records the event as handled.
 
 use saga_core::Timestamp;
+use saga_participant::{Abort, Tx};
 use saga_ports::{Headers, OutgoingMessage};
 use sled::transaction::{TransactionalTree, UnabortableTransactionError};
 use sled::IVec;
@@ -60,20 +61,18 @@ pub trait EventHandler: Send + Sync + 'static {
     fn handle(&self, tx: &EventTx<'_>, event: &Event) -> Result<Vec<OutgoingMessage>, HandleError>;
 }
 
-/// Transactional access to a handler's own trees, by name.
-pub struct EventTx<'a> {
-    now: Timestamp,
-    names: &'a [String],
-    trees: &'a [TransactionalTree],
-    ids: &'a TransactionalTree,
-}
+/// Transactional access to a handler's own trees, by name: the participant SDK's
+/// [`Tx`], answering [`HandleError`]s.
+#[derive(Debug)]
+pub struct EventTx<'a>(Tx<'a>);
 
-impl std::fmt::Debug for EventTx<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventTx")
-            .field("now", &self.now)
-            .field("trees", &self.names)
-            .finish_non_exhaustive()
+impl From<Abort> for HandleError {
+    fn from(e: Abort) -> Self {
+        match e {
+            Abort::Store(e) => Self::Store(e),
+            Abort::Retry(why) => Self::Technical(why),
+            Abort::Reject(why) => Self::Reject(why),
+        }
     }
 }
 
@@ -84,32 +83,23 @@ impl<'a> EventTx<'a> {
         trees: &'a [TransactionalTree],
         ids: &'a TransactionalTree,
     ) -> Self {
-        Self {
-            now,
-            names,
-            trees,
-            ids,
-        }
+        Self(Tx::new(now, names, trees, ids))
     }
 
     /// When the event is being handled (stable across re-runs of the closure).
     pub fn now(&self) -> Timestamp {
-        self.now
+        self.0.now()
     }
 
     /// One of the trees named by [`EventHandler::trees`]; another name is a bug in
     /// the handler, which rejects the event.
     pub fn tree(&self, name: &str) -> Result<&TransactionalTree, HandleError> {
-        self.names
-            .iter()
-            .position(|n| n == name)
-            .map(|i| &self.trees[i])
-            .ok_or_else(|| HandleError::Reject(format!("handler uses undeclared tree `{name}`")))
+        Ok(self.0.tree(name)?)
     }
 
     /// Reads a key.
     pub fn get(&self, tree: &str, key: impl AsRef<[u8]>) -> Result<Option<IVec>, HandleError> {
-        Ok(self.tree(tree)?.get(key)?)
+        Ok(self.0.get(tree, key)?)
     }
 
     /// Writes a key; returns the previous value.
@@ -119,19 +109,16 @@ impl<'a> EventTx<'a> {
         key: impl AsRef<[u8]>,
         value: impl Into<IVec>,
     ) -> Result<Option<IVec>, HandleError> {
-        Ok(self.tree(tree)?.insert(key.as_ref(), value)?)
+        Ok(self.0.insert(tree, key, value)?)
     }
 
     /// Removes a key; returns the previous value.
     pub fn remove(&self, tree: &str, key: impl AsRef<[u8]>) -> Result<Option<IVec>, HandleError> {
-        Ok(self.tree(tree)?.remove(key.as_ref())?)
+        Ok(self.0.remove(tree, key)?)
     }
 
     /// A database-wide unique, increasing id: keys for append-only ledgers.
     pub fn generate_id(&self) -> Result<u64, HandleError> {
-        Ok(self
-            .ids
-            .generate_id()
-            .map_err(UnabortableTransactionError::Storage)?)
+        Ok(self.0.generate_id()?)
     }
 }

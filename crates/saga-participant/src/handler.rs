@@ -90,7 +90,9 @@ impl std::fmt::Debug for Tx<'_> {
 }
 
 impl<'a> Tx<'a> {
-    pub(crate) fn new(
+    /// Access to `trees` (named `names`, in order) and the id generator `ids`, inside
+    /// one sled transaction at `now`. For SDKs built on this one (event consumers).
+    pub fn new(
         now: Timestamp,
         names: &'a [String],
         trees: &'a [TransactionalTree],
