@@ -32,7 +32,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() {
-    saga_telemetry::init("bank");
+    let _telemetry = saga_telemetry::init("bank");
     if let Err(e) = run(Args::parse()).await {
         error!("{e:#}");
         eprintln!("bank: {e:#}");

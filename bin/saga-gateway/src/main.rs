@@ -51,7 +51,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() {
-    saga_telemetry::init("saga-gateway");
+    let _telemetry = saga_telemetry::init("saga-gateway");
     if let Err(e) = run(Args::parse()).await {
         error!("{e:#}");
         eprintln!("saga-gateway: {e:#}");

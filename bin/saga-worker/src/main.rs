@@ -76,7 +76,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() {
-    saga_telemetry::init("saga-worker");
+    let _telemetry = saga_telemetry::init("saga-worker");
     if let Err(e) = run(Args::parse()).await {
         error!("{e:#}");
         eprintln!("saga-worker: {e:#}");

@@ -15,7 +15,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    saga_telemetry::init("notification");
+    let _telemetry = saga_telemetry::init("notification");
     let args = Args::parse();
     let handler = Notifier {
         fail_on: args.common.fail_on(),

@@ -15,7 +15,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    saga_telemetry::init("rewards");
+    let _telemetry = saga_telemetry::init("rewards");
     let args = Args::parse();
     let handler = Rewards {
         fail_on: args.common.fail_on(),

@@ -15,7 +15,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    saga_telemetry::init("shipping");
+    let _telemetry = saga_telemetry::init("shipping");
     let args = Args::parse();
     let handler = Shipping {
         fail_on: args.common.fail_on(),

@@ -16,7 +16,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    saga_telemetry::init("flight");
+    let _telemetry = saga_telemetry::init("flight");
     let args = Args::parse();
     let handler = Booking::flight();
     let service = handler.service();

@@ -16,7 +16,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    saga_telemetry::init("hotel");
+    let _telemetry = saga_telemetry::init("hotel");
     let args = Args::parse();
     let handler = Booking::hotel();
     let service = handler.service();

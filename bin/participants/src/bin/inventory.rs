@@ -19,7 +19,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    saga_telemetry::init("inventory");
+    let _telemetry = saga_telemetry::init("inventory");
     let args = Args::parse();
     let handler = Arc::new(Inventory::new(args.initial_stock));
     serve::run("inventory", args.common, vec![(SERVICE, handler)]).await

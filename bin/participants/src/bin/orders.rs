@@ -16,7 +16,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    saga_telemetry::init("orders");
+    let _telemetry = saga_telemetry::init("orders");
     let args = Args::parse();
     serve::run("orders", args.common, vec![(SERVICE, Arc::new(Orders))]).await
 }

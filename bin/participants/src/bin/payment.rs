@@ -22,7 +22,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    saga_telemetry::init("payment");
+    let _telemetry = saga_telemetry::init("payment");
     let args = Args::parse();
     let handler: Arc<dyn Handler> = Arc::new(Payment::new(args.limit_cents));
     serve::run(
