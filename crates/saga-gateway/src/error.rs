@@ -47,6 +47,11 @@ pub enum GatewayError {
     #[error("NATS is unreachable: {0}")]
     Unavailable(String),
 
+    /// The projection is being rebuilt from `SAGA_JOURNAL` (it was found corrupt) and
+    /// cannot answer this read yet. Retryable shortly. gRPC: `UNAVAILABLE`.
+    #[error("this gateway's read model is being rebuilt from SAGA_JOURNAL ({0}); retry shortly")]
+    Rebuilding(String),
+
     /// NATS refused a request for good (invalid subject, message too large). A bug or a
     /// misconfiguration, not retryable. gRPC: `INTERNAL`.
     #[error("NATS refused the request: {0}")]
@@ -95,7 +100,7 @@ impl GatewayError {
     pub fn code(&self) -> Code {
         match self {
             Self::InvalidArgument { .. } => Code::InvalidArgument,
-            Self::Unavailable(_) => Code::Unavailable,
+            Self::Unavailable(_) | Self::Rebuilding(_) => Code::Unavailable,
             Self::Corrupt { .. } => Code::DataLoss,
             Self::Store { .. }
             | Self::Rejected(_)

@@ -44,6 +44,16 @@ impl Projection {
             }
             let before = self.checkpoint().unwrap_or(0);
             let outcome = tokio::select! {
+                biased;
+                // A corrupt record was found: wipe the projection and replay the journal.
+                () = self.restart_requested() => match self.clear() {
+                    Ok(()) => {
+                        tracing::warn!("projection wiped: replaying SAGA_JOURNAL from its start");
+                        backoff = MIN_BACKOFF;
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
                 r = self.follow_once(&js) => r,
                 _ = shutdown.changed() => return,
             };
@@ -73,6 +83,7 @@ impl Projection {
             .map_err(unavailable("reading SAGA_JOURNAL info"))?
             .state
             .last_sequence;
+        self.rebuild_target(last);
         if last < checkpoint {
             // The stream was deleted and created again: its sequences restarted, and
             // following from our checkpoint would skip its records.
@@ -124,6 +135,7 @@ impl Projection {
             .map_err(unavailable("reading SAGA_JOURNAL info"))?
             .state
             .clone();
+        self.rebuild_target(state.last_sequence);
         let mut records = 0;
         if state.messages > 0 {
             let consumer = stream

@@ -9,6 +9,7 @@
 //! | `index` | `<u64::MAX - created_at ms: u64 BE><saga_id, each byte inverted>` | `<state: u8><saga_type>` |
 //! | `meta` | `checkpoint` | last `SAGA_JOURNAL` stream sequence applied (u64 BE) |
 //! | `meta` | `format` | layout version (`1`) |
+//! | `meta` | `rebuilding` | present while a rebuild from the journal is under way (empty) |
 //!
 //! Saga ids never contain `/`, so `<saga_id>/` prefixes one saga's history exactly. The
 //! index sorts newest first in key order (within one millisecond, by descending saga id:
@@ -22,10 +23,23 @@
 //!
 //! The projection is not flushed on every record: what a crash loses is replayed from
 //! the journal (the checkpoint is lost with it).
+//!
+//! # Corruption
+//!
+//! The projection is a copy of the journal, so a corrupt one is rebuilt, never served
+//! and never a reason to stop. A store sled cannot open as corrupt (or of another layout
+//! version) is moved aside to `<dir>.corrupt-<ms>` and a fresh one opened; a record that
+//! does not decode is skipped and logged, and the projection wiped. Either way the
+//! follower replays `SAGA_JOURNAL` from its start, and until it has reached the journal's
+//! last record of when the rebuild began, reads answer `UNAVAILABLE` (a saga is looked up
+//! on the broker as for a projection that lags, see `GatewayService`; a list is refused)
+//! rather than a partial or stale answer. The `rebuilding` mark is persisted, so a
+//! gateway stopped in the middle goes on with the rebuild when it starts again.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use saga_core::ids::stable_hash;
@@ -33,7 +47,7 @@ use saga_core::{SagaDefinition, SagaId, Timestamp};
 use saga_proto::{self as pb, Message};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, Notify};
 
 use crate::view;
 use crate::GatewayError;
@@ -41,6 +55,9 @@ use crate::GatewayError;
 const CHECKPOINT: &[u8] = b"checkpoint";
 const FORMAT: &[u8] = b"format";
 const FORMAT_VERSION: u8 = 1;
+const REBUILDING: &[u8] = b"rebuilding";
+/// Target of a rebuild whose journal position is not known yet.
+const UNKNOWN_TARGET: u64 = u64::MAX;
 /// Changes kept for slow watchers before they must re-read (see [`Projection::subscribe`]).
 const CHANGES_CAPACITY: usize = 1024;
 const TOKEN_VERSION: u8 = 1;
@@ -99,19 +116,65 @@ pub struct Projection {
     /// Step names by saga type, for the NOT_STARTED steps of a new view.
     steps: BTreeMap<String, Vec<String>>,
     changes: broadcast::Sender<Arc<pb::Saga>>,
+    rebuild: Rebuild,
+}
+
+/// A rebuild from the journal under way (see the module docs, "Corruption").
+#[derive(Debug)]
+struct Rebuild {
+    /// Reads answer UNAVAILABLE while true.
+    active: AtomicBool,
+    /// The journal's last sequence when the follower began the rebuild
+    /// ([`UNKNOWN_TARGET`] until it has looked).
+    target: AtomicU64,
+    /// Tells the follower to wipe the projection and replay the journal from its start.
+    restart: Notify,
 }
 
 impl Projection {
     /// Opens (or creates) the projection in `dir`. `definitions` give the initial step
-    /// list of each saga type. A store sled reports as corrupt, or written by another
-    /// layout version, fails here: the gateway never serves from it.
+    /// list of each saga type.
+    ///
+    /// A store sled reports as corrupt, or written by another layout version, is never
+    /// served from: it is moved aside (`<dir>.corrupt-<ms>`, logged at `error` with what
+    /// to do), a fresh store is opened in `dir` and marked for a rebuild, which the
+    /// follower does from `SAGA_JOURNAL` (see the module docs). Other failures (I/O, a
+    /// directory another gateway holds) are returned.
     pub fn open<'a>(
         dir: impl AsRef<Path>,
         definitions: impl IntoIterator<Item = &'a SagaDefinition>,
     ) -> Result<Self, GatewayError> {
         let dir = dir.as_ref().to_path_buf();
+        let steps: BTreeMap<String, Vec<String>> = definitions
+            .into_iter()
+            .map(|d| {
+                (
+                    d.name.clone(),
+                    d.steps.iter().map(|s| s.name.clone()).collect(),
+                )
+            })
+            .collect();
+        let e = match Self::open_store(&dir, steps.clone()) {
+            Err(e) if is_corrupt_store(&e) => e,
+            other => return other,
+        };
+        let aside = move_aside(&dir)?;
+        tracing::error!(
+            error = %e,
+            dir = %dir.display(),
+            aside = %aside.display(),
+            "the projection is corrupt: moved it aside and rebuilding it from SAGA_JOURNAL \
+             (reads answer UNAVAILABLE until it has caught up); nothing is lost, the journal \
+             is the truth: delete the moved directory once the gateway serves again"
+        );
+        let projection = Self::open_store(&dir, steps)?;
+        projection.mark_rebuilding()?;
+        Ok(projection)
+    }
+
+    fn open_store(dir: &Path, steps: BTreeMap<String, Vec<String>>) -> Result<Self, GatewayError> {
         let db = sled::Config::new()
-            .path(&dir)
+            .path(dir)
             .open()
             .map_err(|e| GatewayError::store(format!("opening {}", dir.display()), e))?;
         let open = |name: &str| {
@@ -140,17 +203,14 @@ impl Projection {
                 })
             }
         }
-        let steps = definitions
-            .into_iter()
-            .map(|d| {
-                (
-                    d.name.clone(),
-                    d.steps.iter().map(|s| s.name.clone()).collect(),
-                )
-            })
-            .collect();
+        let rebuilding = meta
+            .contains_key(REBUILDING)
+            .map_err(|e| GatewayError::store("reading the rebuild mark", e))?;
+        if rebuilding {
+            tracing::warn!(dir = %dir.display(), "the projection was being rebuilt: going on with the rebuild");
+        }
         Ok(Self {
-            dir,
+            dir: dir.to_path_buf(),
             db,
             sagas,
             history,
@@ -158,6 +218,94 @@ impl Projection {
             meta,
             steps,
             changes: broadcast::channel(CHANGES_CAPACITY).0,
+            rebuild: Rebuild {
+                active: AtomicBool::new(rebuilding),
+                target: AtomicU64::new(UNKNOWN_TARGET),
+                restart: Notify::new(),
+            },
+        })
+    }
+
+    /// Whether a rebuild from the journal is under way (reads answer UNAVAILABLE).
+    pub fn is_rebuilding(&self) -> bool {
+        self.rebuild.active.load(Ordering::SeqCst)
+    }
+
+    /// Marks the projection for a rebuild (persisted; the follower finishes it).
+    fn mark_rebuilding(&self) -> Result<(), GatewayError> {
+        self.meta
+            .insert(REBUILDING, &[])
+            .map_err(|e| GatewayError::store("writing the rebuild mark", e))?;
+        self.rebuild.target.store(UNKNOWN_TARGET, Ordering::SeqCst);
+        self.rebuild.active.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// A record of the projection does not decode: it is skipped (never served), and the
+    /// projection is wiped and replayed from the journal by the follower.
+    fn corrupt_record(&self, e: &GatewayError) {
+        let first = !self.rebuild.active.load(Ordering::SeqCst);
+        if let Err(mark) = self.mark_rebuilding() {
+            tracing::error!(error = %mark, "could not persist the rebuild mark");
+        }
+        if first {
+            tracing::error!(
+                error = %e,
+                dir = %self.dir.display(),
+                "unreadable projection record skipped: rebuilding the projection from \
+                 SAGA_JOURNAL (reads answer UNAVAILABLE until it has caught up)"
+            );
+            self.rebuild.restart.notify_one();
+        }
+    }
+
+    /// Resolves when a rebuild asks the follower to start over from the journal's
+    /// start (after the projection was wiped with [`clear`](Self::clear)).
+    pub async fn restart_requested(&self) {
+        self.rebuild.restart.notified().await;
+    }
+
+    /// Tells a rebuild where the journal ends (its last sequence when the follower
+    /// starts reading it): reads answer again once the checkpoint reaches it.
+    pub fn rebuild_target(&self, last_sequence: u64) {
+        if !self.is_rebuilding() {
+            return;
+        }
+        let _ = self.rebuild.target.compare_exchange(
+            UNKNOWN_TARGET,
+            last_sequence,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+        self.finish_rebuild_if_caught_up();
+    }
+
+    fn finish_rebuild_if_caught_up(&self) {
+        let target = self.rebuild.target.load(Ordering::SeqCst);
+        if target == UNKNOWN_TARGET || self.checkpoint().unwrap_or(0) < target {
+            return;
+        }
+        match self.meta.remove(REBUILDING) {
+            Ok(_) => {
+                if self.rebuild.active.swap(false, Ordering::SeqCst) {
+                    tracing::warn!(
+                        checkpoint = target,
+                        sagas = self.len(),
+                        "projection rebuilt from SAGA_JOURNAL: serving reads again"
+                    );
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "could not clear the rebuild mark"),
+        }
+    }
+
+    fn rebuilding_error(&self) -> GatewayError {
+        let target = self.rebuild.target.load(Ordering::SeqCst);
+        let at = self.checkpoint().unwrap_or(0);
+        GatewayError::Rebuilding(if target == UNKNOWN_TARGET {
+            format!("at journal sequence {at}")
+        } else {
+            format!("at journal sequence {at} of {target}")
         })
     }
 
@@ -182,17 +330,36 @@ impl Projection {
     }
 
     /// The view of a saga, if the projection knows it.
+    ///
+    /// While the projection is being rebuilt it knows none (the caller looks the saga up
+    /// on the broker, as for a projection that lags). A view that does not decode is
+    /// not returned either: it starts a rebuild.
     pub fn get(&self, saga_id: &SagaId) -> Result<Option<pb::Saga>, GatewayError> {
+        if self.is_rebuilding() {
+            return Ok(None);
+        }
         let raw = self
             .sagas
             .get(saga_id.as_str())
             .map_err(|e| GatewayError::store(format!("reading saga {saga_id}"), e))?;
-        raw.map(|v| decode_saga(saga_id.as_str(), &v)).transpose()
+        match raw.map(|v| decode_saga(saga_id.as_str(), &v)).transpose() {
+            Err(e @ GatewayError::Corrupt { .. }) => {
+                self.corrupt_record(&e);
+                Ok(None)
+            }
+            other => other,
+        }
     }
 
     /// The journal records of a saga, by version.
+    /// `Rebuilding` while the projection is rebuilt (and when a record does not decode,
+    /// which starts a rebuild).
     pub fn history(&self, saga_id: &SagaId) -> Result<Vec<pb::JournalEvent>, GatewayError> {
-        self.history
+        if self.is_rebuilding() {
+            return Err(self.rebuilding_error());
+        }
+        let history: Result<Vec<_>, _> = self
+            .history
             .scan_prefix(history_prefix(saga_id.as_str()))
             .map(|kv| {
                 let (k, v) = kv.map_err(|e| {
@@ -203,7 +370,14 @@ impl Projection {
                     detail: e.to_string(),
                 })
             })
-            .collect()
+            .collect();
+        match history {
+            Err(e @ GatewayError::Corrupt { .. }) => {
+                self.corrupt_record(&e);
+                Err(self.rebuilding_error())
+            }
+            other => other,
+        }
     }
 
     /// Records a saga whose start was accepted (acknowledged by `SAGA_INBOX`) but which
@@ -243,11 +417,25 @@ impl Projection {
     /// `saga.v1.JournalEvent`). A record that does not decode, or names no valid saga, is
     /// logged and skipped (the checkpoint moves past it). Returns the new view when the
     /// record changed one.
+    ///
+    /// A stored view that does not decode starts a rebuild (the error is returned: the
+    /// follower starts over from the journal's start).
     pub fn apply_message(
         &self,
         seq: u64,
         payload: &[u8],
     ) -> Result<Option<pb::Saga>, GatewayError> {
+        let applied = self.apply_decoded(seq, payload);
+        if let Err(e @ GatewayError::Corrupt { .. }) = &applied {
+            self.corrupt_record(e);
+        }
+        if self.is_rebuilding() {
+            self.finish_rebuild_if_caught_up();
+        }
+        applied
+    }
+
+    fn apply_decoded(&self, seq: u64, payload: &[u8]) -> Result<Option<pb::Saga>, GatewayError> {
         match pb::JournalEvent::decode(payload) {
             Ok(event) if SagaId::parse(&event.saga_id).is_ok() => self.apply(seq, &event),
             Ok(event) => {
@@ -351,6 +539,24 @@ impl Projection {
         page_size: usize,
         page_token: &str,
     ) -> Result<Page, GatewayError> {
+        if self.is_rebuilding() {
+            return Err(self.rebuilding_error());
+        }
+        match self.list_stored(filter, page_size, page_token) {
+            Err(e @ GatewayError::Corrupt { .. }) => {
+                self.corrupt_record(&e);
+                Err(self.rebuilding_error())
+            }
+            other => other,
+        }
+    }
+
+    fn list_stored(
+        &self,
+        filter: &ListFilter,
+        page_size: usize,
+        page_token: &str,
+    ) -> Result<Page, GatewayError> {
         let start = if page_token.is_empty() {
             Bound::Unbounded
         } else {
@@ -393,7 +599,8 @@ impl Projection {
     }
 
     /// Removes every view, history record, index entry and the checkpoint (for a
-    /// rebuild: the follower then replays `SAGA_JOURNAL` from its start).
+    /// rebuild: the follower then replays `SAGA_JOURNAL` from its start). The rebuild
+    /// mark stays until the replay has caught up.
     pub fn clear(&self) -> Result<(), GatewayError> {
         for (name, tree) in [
             ("sagas", &self.sagas),
@@ -438,6 +645,46 @@ impl Projection {
     fn step_names(&self, saga_type: &str) -> &[String] {
         self.steps.get(saga_type).map(Vec::as_slice).unwrap_or(&[])
     }
+}
+
+/// Whether opening failed because of what the store holds (not I/O or a lock).
+fn is_corrupt_store(e: &GatewayError) -> bool {
+    match e {
+        GatewayError::Corrupt { .. } => true,
+        GatewayError::Store { source, .. } => matches!(
+            source,
+            sled::Error::Corruption { .. } | sled::Error::Unsupported(_)
+        ),
+        _ => false,
+    }
+}
+
+/// Moves a corrupt store out of the way: `<dir>.corrupt-<ms>` beside it, or, when the
+/// directory cannot be renamed (a mount point), its contents into `<dir>/corrupt-<ms>`.
+fn move_aside(dir: &Path) -> Result<PathBuf, GatewayError> {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let io = |what: String| move |e: std::io::Error| GatewayError::store(what, sled::Error::Io(e));
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".corrupt-{ms}"));
+    let beside = dir.with_file_name(name);
+    if std::fs::rename(dir, &beside).is_ok() {
+        return Ok(beside);
+    }
+    let inside = dir.join(format!("corrupt-{ms}"));
+    std::fs::create_dir(&inside).map_err(io(format!("creating {}", inside.display())))?;
+    for entry in std::fs::read_dir(dir).map_err(io(format!("reading {}", dir.display())))? {
+        let entry = entry.map_err(io(format!("reading {}", dir.display())))?;
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with("corrupt-") {
+            continue;
+        }
+        std::fs::rename(entry.path(), inside.join(&name))
+            .map_err(io(format!("moving {} aside", entry.path().display())))?;
+    }
+    Ok(inside)
 }
 
 fn decode_saga(id: &str, raw: &[u8]) -> Result<pb::Saga, GatewayError> {
@@ -608,6 +855,97 @@ mod tests {
         assert_eq!(p.checkpoint().unwrap(), 0);
         assert!(p.is_empty());
         assert!(p.history(&id("a")).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_store_sled_cannot_open_is_moved_aside_and_rebuilt_not_served() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("gateway");
+        let p = open(&dir);
+        p.apply(1, &record("a", 1, 1_000, pb::SagaState::Running))
+            .unwrap();
+        drop(p);
+        std::fs::write(dir.join("conf"), b"\xff\xfe not a sled config \x00\x01\x02").unwrap();
+
+        let p = open(&dir);
+        assert!(p.is_rebuilding());
+        let aside: Vec<String> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("gateway.corrupt-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        assert_eq!(p.checkpoint().unwrap(), 0);
+        assert_eq!(p.get(&id("a")).unwrap(), None);
+        let e = p.list(&ListFilter::default(), 10, "").unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+        assert!(e.to_string().contains("being rebuilt"), "{e}");
+        assert!(p.history(&id("a")).is_err());
+
+        // The follower learns where the journal ends, then replays it.
+        p.rebuild_target(2);
+        assert!(p.is_rebuilding());
+        p.apply_message(
+            1,
+            &record("a", 1, 1_000, pb::SagaState::Running).encode_to_vec(),
+        )
+        .unwrap();
+        assert!(p.is_rebuilding(), "served before the journal's end");
+        p.apply_message(
+            2,
+            &record("a", 2, 1_000, pb::SagaState::Completed).encode_to_vec(),
+        )
+        .unwrap();
+        assert!(!p.is_rebuilding());
+        assert_eq!(p.get(&id("a")).unwrap().unwrap().version, 2);
+        drop(p);
+        assert!(!open(&dir).is_rebuilding());
+    }
+
+    #[tokio::test]
+    async fn an_undecodable_record_is_skipped_and_the_projection_rebuilt() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = open(tmp.path());
+        p.apply(1, &record("a", 1, 1_000, pb::SagaState::Running))
+            .unwrap();
+        p.apply(2, &record("b", 1, 1_000, pb::SagaState::Running))
+            .unwrap();
+        p.sagas.insert("a", &b"\xff\xff\xff"[..]).unwrap();
+
+        // Never served: the read misses (the service then asks the broker) and a
+        // rebuild starts, which the follower is told about.
+        assert_eq!(p.get(&id("a")).unwrap(), None);
+        assert!(p.is_rebuilding());
+        tokio::time::timeout(std::time::Duration::from_secs(5), p.restart_requested())
+            .await
+            .expect("the follower is asked to start over");
+        assert_eq!(p.get(&id("b")).unwrap(), None);
+        // Stopped in the middle: the rebuild goes on after a restart.
+        drop(p);
+        let p = open(tmp.path());
+        assert!(p.is_rebuilding());
+        p.clear().unwrap();
+        p.rebuild_target(2);
+        for (seq, who) in [(1, "a"), (2, "b")] {
+            p.apply_message(
+                seq,
+                &record(who, 1, 1_000, pb::SagaState::Running).encode_to_vec(),
+            )
+            .unwrap();
+        }
+        assert!(!p.is_rebuilding());
+        assert_eq!(p.get(&id("a")).unwrap().unwrap().version, 1);
+
+        // A view that does not decode while a record is applied to it: the same.
+        p.sagas.insert("b", &b"\x0a\xff"[..]).unwrap();
+        let e = p
+            .apply_message(
+                3,
+                &record("b", 2, 1_000, pb::SagaState::Completed).encode_to_vec(),
+            )
+            .unwrap_err();
+        assert!(matches!(e, GatewayError::Corrupt { .. }), "{e}");
+        assert!(p.is_rebuilding());
     }
 
     #[test]
