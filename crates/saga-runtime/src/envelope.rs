@@ -178,6 +178,40 @@ pub fn journal_append(
     worker_id: &str,
     now: Timestamp,
 ) -> JournalAppend {
+    journal_append_traced(
+        state,
+        input,
+        events,
+        snapshot,
+        worker_id,
+        now,
+        &RecordTrace::default(),
+    )
+}
+
+/// The trace a journal record names: the transition's span (W3C ids, lowercase hex)
+/// and the saga's own trace context, carried forward from record to record. Empty
+/// strings when the writer exported no traces.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordTrace {
+    /// Trace id of the transition that wrote the record.
+    pub trace_id: String,
+    /// Span id of that transition.
+    pub span_id: String,
+    /// The `traceparent` of the span that started the saga.
+    pub saga_traceparent: String,
+}
+
+/// [`journal_append`], naming the trace of the transition that writes the record.
+pub fn journal_append_traced(
+    state: &SagaState,
+    input: &Input,
+    events: &[SagaEvent],
+    snapshot: &Snapshot,
+    worker_id: &str,
+    now: Timestamp,
+    trace: &RecordTrace,
+) -> JournalAppend {
     let record = pb::JournalEvent {
         saga_id: state.saga_id.to_string(),
         saga_type: state.saga_type.clone(),
@@ -190,6 +224,9 @@ pub fn journal_append(
         compensation_reason: state.compensation_reason.clone().unwrap_or_default(),
         input_id: input.id(),
         snapshot: encode_snapshot(snapshot),
+        trace_id: trace.trace_id.clone(),
+        span_id: trace.span_id.clone(),
+        saga_traceparent: trace.saga_traceparent.clone(),
     };
     JournalAppend {
         saga_type: state.saga_type.clone(),
@@ -303,6 +340,19 @@ pub struct DecodedRecord {
     /// The saga after it, when the record carries a snapshot (records of earlier
     /// releases do not: the saga is then rebuilt by replay).
     pub snapshot: Option<Snapshot>,
+    /// The trace it names (empty in records of untraced writers and earlier releases).
+    pub trace: RecordTrace,
+}
+
+/// The trace a journal record names, without decoding the rest of it.
+pub fn record_trace(payload: &[u8]) -> RecordTrace {
+    pb::JournalEvent::decode(payload)
+        .map(|ev| RecordTrace {
+            trace_id: ev.trace_id,
+            span_id: ev.span_id,
+            saga_traceparent: ev.saga_traceparent,
+        })
+        .unwrap_or_default()
 }
 
 /// Decodes a journal record; the error says what is wrong.
@@ -332,6 +382,11 @@ pub fn decode_record(sequence: u64, payload: &[u8]) -> Result<DecodedRecord, Str
         input,
         recorded_at: ev.recorded_at.as_ref().map(pb::millis).unwrap_or_default(),
         snapshot,
+        trace: RecordTrace {
+            trace_id: ev.trace_id,
+            span_id: ev.span_id,
+            saga_traceparent: ev.saga_traceparent,
+        },
     })
 }
 

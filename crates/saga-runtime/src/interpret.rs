@@ -10,7 +10,7 @@ use saga_core::machine::{Effect, Input, SagaState, TimerKey, Transition};
 use saga_core::Timestamp;
 use saga_ports::{OutboxItem, Snapshot};
 
-use crate::envelope::{command_message, domain_event_message, journal_append};
+use crate::envelope::{command_message, domain_event_message, journal_append_traced, RecordTrace};
 use crate::Context;
 
 /// What a committed transition leaves for the runtime to do.
@@ -24,7 +24,8 @@ pub(crate) struct Interpreted {
 }
 
 /// Interprets one live transition. `timers` are those armed before it; `first` is
-/// true for a saga's first transition.
+/// true for a saga's first transition; `trace` is what its journal record names.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn transition(
     ctx: &Context,
     def: &SagaDefinition,
@@ -33,6 +34,7 @@ pub(crate) fn transition(
     t: &Transition,
     first: bool,
     now: Timestamp,
+    trace: &RecordTrace,
 ) -> Interpreted {
     let mut armed: BTreeMap<TimerKey, Timestamp> = timers.iter().cloned().collect();
     // A fired timer leaves the persisted set: it must not fire again on the next load.
@@ -65,13 +67,14 @@ pub(crate) fn transition(
     if first {
         outbox.push(OutboxItem::Open { partition });
     }
-    outbox.push(OutboxItem::Journal(journal_append(
+    outbox.push(OutboxItem::Journal(journal_append_traced(
         &t.state,
         input,
         &t.events,
         &snapshot,
         &ctx.config.worker_id,
         now,
+        trace,
     )));
     outbox.extend(published(ctx, def, &snapshot, now));
     Interpreted {

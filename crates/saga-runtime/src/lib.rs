@@ -24,6 +24,7 @@ mod error;
 mod interpret;
 pub mod saga_actor;
 pub mod supervisor;
+mod trace;
 mod worker;
 
 pub use context::{Context, FaultPoint, Limits, RuntimeConfig};

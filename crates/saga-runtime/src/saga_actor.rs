@@ -13,10 +13,11 @@ use saga_ports::{
     dead_letter_message, Commit, Delivery, OutboxItem, PortError, SagaStore, StoreError, StoredSaga,
 };
 use tokio::sync::OwnedSemaphorePermit;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument, Span};
 
-use crate::envelope::{decode_record, refused_command};
+use crate::envelope::{decode_record, refused_command, RecordTrace};
 use crate::interpret;
+use crate::trace;
 use crate::{Context, FaultPoint, RuntimeError};
 
 /// Messages a saga actor handles.
@@ -74,6 +75,9 @@ pub struct SagaActorState {
     fenced: bool,
     /// Answers to commands the broker refused for good, applied after the relay.
     refused: Vec<Input>,
+    /// The saga's trace context (`traceparent`), kept in its journal records: inputs
+    /// without one of their own continue it, timers link to it.
+    trace: Option<String>,
 }
 
 impl Actor for SagaActor {
@@ -98,6 +102,7 @@ impl Actor for SagaActor {
             resume: args.resume,
             fenced: false,
             refused: Vec::new(),
+            trace: None,
         })
     }
 
@@ -119,6 +124,9 @@ impl Actor for SagaActor {
                         .last(&st.saga_type, st.saga_id.as_str())
                         .await?
                 };
+                if let Some(l) = &last {
+                    st.adopt_trace(&crate::envelope::record_trace(&l.payload));
+                }
                 match last {
                     Some(last) if last.sequence != s.journal_sequence => {
                         info!(saga_id = %st.saga_id, local = s.journal_sequence, journal = last.sequence,
@@ -159,7 +167,19 @@ impl Actor for SagaActor {
                 permit,
             } => {
                 let input_id = input.id();
-                if let Err(e) = st.on_input(&myself, input, delivery.as_ref()).await {
+                let span = trace::process_span(
+                    st.saga_id.as_str(),
+                    &st.saga_type,
+                    &input,
+                    delivery.as_ref(),
+                    st.trace.as_deref(),
+                );
+                let result = st
+                    .on_input(&myself, input, delivery.as_ref())
+                    .instrument(span.clone())
+                    .await;
+                if let Err(e) = result {
+                    span.record("otel.status_code", "ERROR");
                     // One real attempt failed: it counts towards the input's limit.
                     // Hand the input back at once rather than after the ack wait; the
                     // actor fails and is restarted from what is durable.
@@ -179,10 +199,22 @@ impl Actor for SagaActor {
                     .as_ref()
                     .is_some_and(|s| s.timers.iter().any(|(k, _)| *k == key));
                 if armed {
-                    st.transition(&myself, &Input::TimerFired(key)).await?;
-                    if let Err(e) = st.relay().await {
-                        st.recover_from_fence(&myself, e).await?;
+                    let input = Input::TimerFired(key);
+                    let span = trace::timer_span(
+                        st.saga_id.as_str(),
+                        &st.saga_type,
+                        &input,
+                        st.trace.as_deref(),
+                    );
+                    async {
+                        st.transition(&myself, &input).await?;
+                        if let Err(e) = st.relay().await {
+                            st.recover_from_fence(&myself, e).await?;
+                        }
+                        Ok::<(), RuntimeError>(())
                     }
+                    .instrument(span)
+                    .await?;
                 }
             }
             SagaMsg::Relay => {
@@ -208,7 +240,14 @@ impl Actor for SagaActor {
                     .as_ref()
                     .is_some_and(|s| s.state.applied_inputs.contains(&input.id()));
                 if !applied {
-                    st.transition(&myself, &input).await?;
+                    let span = trace::process_span(
+                        st.saga_id.as_str(),
+                        &st.saga_type,
+                        &input,
+                        None,
+                        st.trace.as_deref(),
+                    );
+                    st.transition(&myself, &input).instrument(span).await?;
                 }
             }
             if let Err(e) = st.relay().await {
@@ -256,6 +295,13 @@ fn arm(
 }
 
 impl SagaActorState {
+    /// Takes the saga's trace context from a journal record that names one.
+    fn adopt_trace(&mut self, trace: &RecordTrace) {
+        if !trace.saga_traceparent.is_empty() {
+            self.trace = Some(trace.saga_traceparent.clone());
+        }
+    }
+
     /// The local copy, if it is readable: a corrupt record is dropped (and the saga
     /// restored from the journal), never used.
     fn load_local(&self) -> Option<StoredSaga> {
@@ -460,7 +506,22 @@ impl SagaActorState {
         let now = self.ctx.clock.now();
         let t = apply(&def, &stored.state, input, now);
         let first = stored.state.version == 0;
-        let out = interpret::transition(&self.ctx, &def, &stored.timers, input, &t, first, now);
+        let span = Span::current();
+        trace::record_transition(&span, input, &stored.state, &t.state);
+        if self.trace.is_none() {
+            self.trace = saga_telemetry::propagation::traceparent(&span);
+        }
+        let record_trace = trace::record_trace(&span, self.trace.as_deref());
+        let out = interpret::transition(
+            &self.ctx,
+            &def,
+            &stored.timers,
+            input,
+            &t,
+            first,
+            now,
+            &record_trace,
+        );
         if t.state.status.is_terminal() && !stored.state.status.is_terminal() {
             info!(saga_id = %self.saga_id, saga_type = %self.saga_type, status = %t.state.status, "saga finished");
         }
@@ -563,7 +624,12 @@ impl SagaActorState {
                 }
                 OutboxItem::Message(msg) => {
                     let publisher = self.ctx.publisher.clone();
-                    match patiently(&self.ctx, || publisher.publish(msg)).await {
+                    let state = self.stored.as_ref().map(|s| &s.state);
+                    let (traced, span) = trace::publish(msg, state, self.trace.as_deref());
+                    match patiently(&self.ctx, || publisher.publish(&traced))
+                        .instrument(span)
+                        .await
+                    {
                         Ok(_) => {}
                         // Refused for good (too large): answered as a failed attempt,
                         // never tried again as it is.
@@ -580,7 +646,11 @@ impl SagaActorState {
                 }
                 OutboxItem::Event(msg) => {
                     let publisher = self.ctx.publisher.clone();
-                    patiently(&self.ctx, || publisher.publish_new(msg)).await?;
+                    let state = self.stored.as_ref().map(|s| &s.state);
+                    let (traced, span) = trace::publish(msg, state, self.trace.as_deref());
+                    patiently(&self.ctx, || publisher.publish_new(&traced))
+                        .instrument(span)
+                        .await?;
                     self.ctx.store.outbox_done(&id, entry.position, None)?;
                 }
                 OutboxItem::Close { partition } => {
@@ -599,7 +669,7 @@ impl SagaActorState {
     /// last transition's messages are published again; otherwise only those of a
     /// saga still running (a terminal saga met through a late input publishes
     /// nothing: its messages were published before it left the open-saga index).
-    async fn restore(&self, republish: bool) -> Result<Option<StoredSaga>, RuntimeError> {
+    async fn restore(&mut self, republish: bool) -> Result<Option<StoredSaga>, RuntimeError> {
         let Some(def) = self.def.clone() else {
             return Ok(None);
         };
@@ -617,6 +687,10 @@ impl SagaActorState {
             why,
         };
         let record = decode_record(last.sequence, &last.payload).map_err(bad)?;
+        if !record.trace.saga_traceparent.is_empty() {
+            // A field, not `adopt_trace`: the restore permit borrows the context.
+            self.trace = Some(record.trace.saga_traceparent.clone());
+        }
         let snapshot = match record.snapshot {
             Some(s) => s,
             None => self.replay(&def).await?,
@@ -673,6 +747,7 @@ impl SagaActorState {
                 &t,
                 first,
                 record.recorded_at,
+                &RecordTrace::default(),
             );
             snapshot = Some(saga_ports::Snapshot {
                 state: t.state,
