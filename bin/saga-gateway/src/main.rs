@@ -2,6 +2,10 @@
 //! and its `saga_requests` bucket, follows `SAGA_JOURNAL` into its projection and serves
 //! `saga.v1.SagaGateway` (with health and reflection) until SIGTERM or Ctrl-C.
 //!
+//! Without `--tls-cert`/`--tls-key` and `--tokens-file` it serves plaintext gRPC to
+//! anyone (the dev mode, said by a WARN line at start); see "Securing the gateway" in the
+//! README for TLS, mTLS, bearer tokens and the per-client limits.
+//!
 //! `--rebuild-projection` wipes the projection, replays the journal into it and exits
 //! (the gateway using that data directory must be stopped).
 
@@ -14,7 +18,11 @@ use std::time::Duration;
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
 use saga_core::definition::SagaDefinition;
-use saga_gateway::GatewayConfig;
+use saga_gateway::auth::Tokens;
+use saga_gateway::limits::{
+    ClientLimits, DEFAULT_MAX_WATCH_PER_CLIENT, DEFAULT_RATE_BURST, DEFAULT_RATE_PER_CLIENT,
+};
+use saga_gateway::{GatewayConfig, Security, TlsPem};
 use saga_nats::ProvisionConfig;
 use tracing::{error, info, warn};
 
@@ -47,6 +55,72 @@ struct Args {
     /// Rebuild the projection from SAGA_JOURNAL, then exit.
     #[arg(long)]
     rebuild_projection: bool,
+    /// TLS certificate chain of the gRPC server (PEM); needs --tls-key.
+    #[arg(long, env = "GRPC_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM).
+    #[arg(long, env = "GRPC_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that sign client certificates: clients must present one
+    /// (mTLS). Needs --tls-cert.
+    #[arg(long, env = "GRPC_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// YAML file of the clients allowed in: name, SHA-256 of the token, roles
+    /// (`sagactl token new` prints an entry). Every saga.v1 call then needs
+    /// `authorization: Bearer <token>`.
+    #[arg(long, env = "GRPC_TOKENS_FILE")]
+    tokens_file: Option<PathBuf>,
+    /// Requests per second per client, sustained (0: no limit). Default: 100 once TLS or
+    /// tokens are on, none in dev mode.
+    #[arg(long, env = "GRPC_RATE_PER_CLIENT")]
+    rate_per_client: Option<u32>,
+    /// Requests a client may make at once after being idle. Default: 200.
+    #[arg(long, env = "GRPC_RATE_BURST", value_parser = clap::value_parser!(u32).range(1..))]
+    rate_burst: Option<u32>,
+    /// Open WatchSaga streams per client (0: no limit). Default: 16 once TLS or tokens
+    /// are on, none in dev mode.
+    #[arg(long, env = "GRPC_MAX_WATCH_PER_CLIENT")]
+    max_watch_per_client: Option<usize>,
+}
+
+/// TLS, tokens and limits from the flags. Limits left unset are the documented defaults
+/// once the server is secured, and none in the dev mode (a local bench must not hit them).
+fn security(args: &Args) -> Result<Security> {
+    let read = |path: &Path, what: &str| {
+        std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsPem {
+            cert: read(cert, "--tls-cert")?,
+            key: read(key, "--tls-key")?,
+            client_ca: match &args.tls_client_ca {
+                Some(ca) => Some(read(ca, "--tls-client-ca")?),
+                None => None,
+            },
+        }),
+        _ => None,
+    };
+    let tokens = match &args.tokens_file {
+        Some(path) => Some(Arc::new(Tokens::load(path)?)),
+        None => None,
+    };
+    let secured = tls.is_some() || tokens.is_some();
+    let (rate, watch) = if secured {
+        (DEFAULT_RATE_PER_CLIENT, DEFAULT_MAX_WATCH_PER_CLIENT)
+    } else {
+        (0, 0)
+    };
+    let limits = ClientLimits {
+        rate_per_sec: std::num::NonZeroU32::new(args.rate_per_client.unwrap_or(rate)),
+        burst: std::num::NonZeroU32::new(args.rate_burst.unwrap_or(DEFAULT_RATE_BURST))
+            .unwrap_or(std::num::NonZeroU32::MIN),
+        max_watch: Some(args.max_watch_per_client.unwrap_or(watch)).filter(|&m| m > 0),
+    };
+    Ok(Security {
+        tls,
+        tokens,
+        limits,
+    })
 }
 
 #[tokio::main]
@@ -109,6 +183,7 @@ async fn run(args: Args) -> Result<()> {
         return Ok(());
     }
 
+    let security = security(&args)?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(args.grpc_addr)
@@ -124,6 +199,7 @@ async fn run(args: Args) -> Result<()> {
         definitions,
         request_window: Duration::from_secs(args.request_window_secs.max(1)),
         replicas: usize::from(args.replicas),
+        security,
     };
     saga_gateway::serve_on(listener, config, js, shutdown_signal())
         .await

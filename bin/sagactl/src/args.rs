@@ -22,6 +22,9 @@ pub struct Cli {
     /// Print machine-readable JSON (proto3 JSON mapping) instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Token and TLS files of a secured gateway.
+    #[command(flatten)]
+    pub security: crate::client::ClientSecurity,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -57,6 +60,9 @@ pub enum Command {
     Events(crate::events::EventsCommand),
     /// The dead-letter queue (SAGA_DLQ): list, show, redrive and purge dead letters.
     Dlq(crate::dlq::DlqArgs),
+    /// Bearer tokens of the gateway: make one, hash one.
+    #[command(subcommand)]
+    Token(crate::token::TokenCommand),
     /// Event-sourced aggregates (ES_EVENTS): show one's state and events, now or back then.
     #[command(subcommand)]
     Es(crate::es::EsCommand),

@@ -31,6 +31,7 @@ mod render;
 mod sagas;
 mod stack;
 mod supervise;
+mod token;
 mod watch;
 
 use args::{Cli, Command, DefCommand};
@@ -40,14 +41,17 @@ fn main() -> ExitCode {
     let Cli {
         gateway,
         json,
+        security,
         command,
     } = cli;
+    client::configure(security);
     let command = match command {
         Command::Def(DefCommand::Validate { files, explain }) => {
             return def::validate(&files, explain)
         }
         Command::Def(DefCommand::Graph { file }) => return def::graph(&file),
         Command::Events(c) => return events::run(c, json),
+        Command::Token(c) => return token::run(c),
         other => other,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -63,7 +67,7 @@ fn main() -> ExitCode {
     let out = Output { json };
     let result = runtime.block_on(async move {
         match command {
-            Command::Def(_) | Command::Events(_) => unreachable!("handled above"),
+            Command::Def(_) | Command::Events(_) | Command::Token(_) => unreachable!("handled above"),
             Command::Order(args::OrderCommand::Place(a)) => sagas::place(&gateway, out, a).await,
             Command::Saga(c) => sagas::run(&gateway, out, c).await,
             Command::Projection(args::ProjectionCommand::Rebuild(a)) if a.name.is_some() => {

@@ -22,9 +22,11 @@
 //! envelopes of `saga-runtime` and the JetStream helpers of `saga-nats`; it must not
 //! depend on the worker's store or on the actors: it reads what workers journal.
 
+pub mod auth;
 mod dead_letters;
 mod error;
 mod follow;
+pub mod limits;
 pub mod projection;
 pub mod requests;
 mod server;
@@ -36,5 +38,5 @@ pub mod workers;
 pub use error::GatewayError;
 pub use follow::{rebuild_projection, RebuildStats};
 pub use projection::{ListFilter, Page, Projection};
-pub use server::{serve, serve_on, GatewayConfig};
+pub use server::{serve, serve_on, GatewayConfig, Security, TlsPem};
 pub use service::{GatewayService, DEFAULT_CANCEL_REASON, ORDER_SAGA};

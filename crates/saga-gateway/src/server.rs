@@ -14,9 +14,11 @@ use saga_proto::saga_gateway_server::SagaGatewayServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::server::HealthReporter;
 
+use crate::auth::{Guard, GuardLayer, Tokens};
+use crate::limits::{ClientLimits, Limiter};
 use crate::requests::{ensure_requests_bucket, DEFAULT_REQUEST_WINDOW};
 use crate::{GatewayError, GatewayService, Projection};
 
@@ -68,6 +70,52 @@ pub struct GatewayConfig {
     pub request_window: Duration,
     /// Replicas of the `saga_requests` bucket (1 on a single server).
     pub replicas: usize,
+    /// TLS, tokens and per-client limits; the default is the plaintext dev mode.
+    pub security: Security,
+}
+
+/// How the gRPC server is secured. The default (no TLS, no tokens, no limits) is the
+/// dev mode, announced by a WARN line at start.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// Serve TLS with this certificate (and verify client certificates when it has a
+    /// client CA).
+    pub tls: Option<TlsPem>,
+    /// Ask every `saga.v1` call and reflection for a bearer token of these clients.
+    pub tokens: Option<Arc<Tokens>>,
+    /// Per-client request rate and WatchSaga streams.
+    pub limits: ClientLimits,
+}
+
+/// PEM contents of the server's TLS files.
+#[derive(Clone)]
+pub struct TlsPem {
+    /// The certificate chain, leaf first.
+    pub cert: Vec<u8>,
+    /// Its private key.
+    pub key: Vec<u8>,
+    /// When set, clients must present a certificate signed by one of these CAs (mTLS).
+    pub client_ca: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key stays out of logs.
+        f.debug_struct("TlsPem")
+            .field("cert_bytes", &self.cert.len())
+            .field("mtls", &self.client_ca.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsPem {
+    fn server_config(&self) -> ServerTlsConfig {
+        let config = ServerTlsConfig::new().identity(Identity::from_pem(&self.cert, &self.key));
+        match &self.client_ca {
+            Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
+            None => config,
+        }
+    }
 }
 
 impl GatewayConfig {
@@ -81,6 +129,7 @@ impl GatewayConfig {
             definitions,
             request_window: DEFAULT_REQUEST_WINDOW,
             replicas: 1,
+            security: Security::default(),
         }
     }
 }
@@ -159,6 +208,16 @@ pub async fn serve_on(
         .build_v1alpha()?;
 
     let addr = listener.local_addr().ok();
+    let security = &config.security;
+    let mut builder = Server::builder();
+    if let Some(tls) = &security.tls {
+        builder = builder.tls_config(tls.server_config())?;
+    }
+    announce_security(security);
+    let guard = GuardLayer::new(Guard {
+        tokens: security.tokens.clone(),
+        limiter: Limiter::new(security.limits),
+    });
     tracing::info!(addr = ?addr, partitions = config.partitions, "saga-gateway serving");
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let signal = async move {
@@ -166,7 +225,8 @@ pub async fn serve_on(
         tracing::info!("shutting down: draining requests");
         let _ = stop_tx.send(true);
     };
-    let served = Server::builder()
+    let served = builder
+        .layer(guard)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -182,6 +242,36 @@ pub async fn serve_on(
     projection.flush().await?;
     served?;
     Ok(())
+}
+
+/// One line saying how the server is secured; a WARN in the plaintext dev mode.
+fn announce_security(security: &Security) {
+    let limits = security.limits;
+    let rate = limits.rate_per_sec.map(|r| r.get());
+    match (&security.tls, &security.tokens) {
+        (None, None) => tracing::warn!(
+            "PLAINTEXT and UNAUTHENTICATED gRPC: anyone who reaches this port may place \
+             orders, cancel sagas and redrive dead letters; dev only (give --tls-cert/--tls-key \
+             and --tokens-file in production)"
+        ),
+        (tls, tokens) => {
+            if tls.is_none() {
+                tracing::warn!(
+                    "bearer tokens over PLAINTEXT gRPC: tokens travel in clear; give \
+                     --tls-cert/--tls-key outside a trusted network"
+                );
+            }
+            tracing::info!(
+                tls = tls.is_some(),
+                mtls = tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+                token_clients = tokens.as_ref().map_or(0, |t| t.clients().len()),
+                rate_per_client = ?rate,
+                rate_burst = limits.burst.get(),
+                max_watch_per_client = ?limits.max_watch,
+                "gRPC secured"
+            );
+        }
+    }
 }
 
 /// Reports `saga.v1.SagaGateway` NOT_SERVING while NATS is disconnected (reads still

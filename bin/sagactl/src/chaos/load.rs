@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use saga_proto::saga_gateway_client::SagaGatewayClient;
 use saga_proto::{CancelSagaRequest, GetSagaRequest, SagaState};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -34,7 +33,7 @@ pub fn lazy_client(addr: &str) -> Result<Client> {
         .timeout(ATTEMPT_TIMEOUT)
         .tcp_nodelay(true)
         .connect_lazy();
-    Ok(SagaGatewayClient::new(channel))
+    crate::client::with_channel(channel)
 }
 
 /// Whether an error may go away by itself (the same request is then sent again). A
