@@ -532,6 +532,35 @@ impl Gateway {
         panic!("saga-gateway did not start");
     }
 
+    /// Starts `saga-gateway` with extra `args` (TLS, tokens, limits) on a free port and
+    /// waits until the port accepts connections; the caller checks readiness its own way
+    /// (a secured gateway refuses the plain client of [`Gateway::start`]).
+    pub async fn start_with_args(stack: &Stack, name: &str, args: &[&str]) -> Self {
+        let data_dir = stack.data_dir(name);
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut process = ProcessGuard::spawn(
+            gateway_command(stack, &data_dir)
+                .env("GRPC_ADDR", &addr)
+                .args(args),
+        )
+        .expect("spawn saga-gateway");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(&addr).await.is_err() {
+            assert!(process.is_running(), "saga-gateway {args:?} exited at start");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "saga-gateway on {addr} not listening within 30s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self {
+            process,
+            data_dir,
+            addr,
+        }
+    }
+
     /// SIGTERM, and a clean exit within the deadline.
     pub fn stop(&mut self) {
         stop(&mut self.process);
