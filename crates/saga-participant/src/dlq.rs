@@ -39,7 +39,16 @@ impl<P: Publisher + ?Sized> DeadLetters for PublishDeadLetters<P> {
         message
             .headers
             .retain(|name, _| !name.to_ascii_lowercase().starts_with("nats-"));
-        self.publisher.publish(&message).await?;
+        match self.publisher.publish(&message).await {
+            // Just under max_payload, pushed over it by the dead-letter headers.
+            Err(PortError::Rejected(_)) => {
+                let message = saga_ports::truncated_dead_letter(message, delivery);
+                self.publisher.publish(&message).await?;
+            }
+            other => {
+                other?;
+            }
+        }
         delivery.acker.term().await
     }
 }

@@ -517,6 +517,16 @@ async fn reply_then_ack(sh: &Shared, d: Delivery, cmd: &StepCommand, reply: Step
                 warn!(error = %e, "ack failed; the command will be redelivered");
             }
         }
+        // A reply subject no stream stores (a forged command) fails on every delivery:
+        // after the retry ladder's deliveries it is dead-lettered, not retried for ever.
+        // The reply is recorded, so a redrive publishes it.
+        Err(e) if sh.settings.next_retry(d.delivered).is_none() => {
+            let reason = format!(
+                "gave up after {} deliveries: publishing the reply to `{}` failed: {e}",
+                d.delivered, msg.subject
+            );
+            dead_letter(sh, d, &reason).await
+        }
         Err(e) => {
             warn!(error = %e, "publishing the reply failed; nak for a retry");
             nak(&d, Some(sh.settings.publish_retry_delay)).await;

@@ -39,6 +39,9 @@ pub mod header {
     pub const DLQ_DELIVERIES: &str = "Saga-Dlq-Deliveries";
     /// Dead letters: consumer that gave up.
     pub const DLQ_CONSUMER: &str = "Saga-Dlq-Consumer";
+    /// Dead letters: the original payload's size, when the letter carries only its
+    /// start (see [`truncated_dead_letter`](super::truncated_dead_letter)).
+    pub const DLQ_TRUNCATED: &str = "Saga-Dlq-Truncated";
     /// Dead letters of event consumers: every failed attempt (JSON list of `attempt`,
     /// `at` in ms since the epoch, `error`).
     pub const DLQ_ERRORS: &str = "Saga-Dlq-Errors";
@@ -196,6 +199,23 @@ pub trait Acker: Send + Sync + std::fmt::Debug {
 pub trait Consumer: Send + 'static {
     /// Up to `max` messages, waiting at most `wait` for the first.
     async fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, PortError>;
+}
+
+/// A dead letter the broker refused (a message just under its `max_payload`, pushed over
+/// it by the dead-letter headers): the same letter with its payload cut by what those
+/// headers added (and a margin), and `Saga-Dlq-Truncated: <original payload bytes>`. The
+/// message itself leaves its stream once dead-lettered, so without this it would be
+/// redelivered and refused for ever.
+pub fn truncated_dead_letter(mut letter: OutgoingMessage, delivery: &Delivery) -> OutgoingMessage {
+    let size = |h: &Headers| h.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>();
+    letter.headers.insert(
+        header::DLQ_TRUNCATED.into(),
+        delivery.payload.len().to_string(),
+    );
+    let grown = size(&letter.headers).saturating_sub(size(&delivery.headers)) + 512;
+    let keep = letter.payload.len().saturating_sub(grown);
+    letter.payload.truncate(keep);
+    letter
 }
 
 /// The dead-letter copy of a delivery: published to `dlq.<original subject>` with the

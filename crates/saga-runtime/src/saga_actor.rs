@@ -790,7 +790,16 @@ async fn settle_ack(d: &Delivery) {
 /// publish fails the delivery is handed back and tried again (the partition consumers
 /// have no delivery limit, so it is never stranded).
 pub(crate) async fn dead_letter(ctx: &Context, d: &Delivery, why: &str) {
-    match ctx.publisher.publish(&dead_letter_message(d, why)).await {
+    let letter = dead_letter_message(d, why);
+    let published = match ctx.publisher.publish(&letter).await {
+        Err(PortError::Rejected(e)) => {
+            warn!(error = %e, "dead letter refused: dead-lettering the start of the payload");
+            let letter = saga_ports::truncated_dead_letter(letter, d);
+            ctx.publisher.publish(&letter).await
+        }
+        other => other,
+    };
+    match published {
         Ok(_) => {
             if let Err(e) = d.acker.term().await {
                 warn!(error = %e, "term after dead-lettering failed");
