@@ -336,6 +336,30 @@ async fn over_tls_an_order_completes_and_mtls_wants_a_client_certificate() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // sagactl speaks https:// with --ca-cert and SAGA_TOKEN.
+    let sagactl = |gateway: &str, token: Option<&str>, extra: &[&str]| {
+        let mut cmd = Command::new(binary("sagactl"));
+        cmd.args(["--gateway", gateway, "--ca-cert", &ca])
+            .args(extra)
+            .args(["saga", "list"])
+            .env_remove("SAGA_TOKEN");
+        if let Some(t) = token {
+            cmd.env("SAGA_TOKEN", t);
+        }
+        cmd.output().expect("run sagactl")
+    };
+    let https = format!("https://{addr}");
+    let listed = sagactl(&https, Some(CLIENT_TOKEN), &[]);
+    assert!(listed.status.success(), "{}", text(&listed));
+    assert!(text(&listed).contains(&saga_id), "{}", text(&listed));
+    let anonymous = sagactl(&https, None, &[]);
+    assert!(!anonymous.status.success());
+    assert!(
+        text(&anonymous).contains("UNAUTHENTICATED: missing bearer token"),
+        "{}",
+        text(&anonymous)
+    );
+
     // mTLS: the same tokens, and a client certificate signed by the CA.
     let mut mtls = Gateway::start_with_args(
         &stack,
@@ -398,6 +422,14 @@ async fn over_tls_an_order_completes_and_mtls_wants_a_client_certificate() {
         ],
     );
     assert!(with.status.success(), "{}", text(&with));
+    let mhttps = format!("https://{maddr}");
+    let listed = sagactl(
+        &mhttps,
+        Some(CLIENT_TOKEN),
+        &["--client-cert", &ccert, "--client-key", &ckey],
+    );
+    assert!(listed.status.success(), "{}", text(&listed));
+    assert!(!sagactl(&mhttps, Some(CLIENT_TOKEN), &[]).status.success());
 
     mtls.stop();
     tls.stop();
