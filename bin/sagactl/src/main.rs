@@ -67,7 +67,9 @@ fn main() -> ExitCode {
     let out = Output { json };
     let result = runtime.block_on(async move {
         match command {
-            Command::Def(_) | Command::Events(_) | Command::Token(_) => unreachable!("handled above"),
+            Command::Def(_) | Command::Events(_) | Command::Token(_) => {
+                unreachable!("handled above")
+            }
             Command::Order(args::OrderCommand::Place(a)) => sagas::place(&gateway, out, a).await,
             Command::Saga(c) => sagas::run(&gateway, out, c).await,
             Command::Projection(args::ProjectionCommand::Rebuild(a)) if a.name.is_some() => {
