@@ -460,7 +460,16 @@ fn admit(guard: &Guard, req: &http::Request<Body>) -> Result<Option<WatchSlot>, 
     if access(req.uri().path()) == Access::Open {
         return Ok(None);
     }
-    let client = authorize(guard, req)?;
+    let client = match authorize(guard, req) {
+        Ok(client) => client,
+        // Failed attempts count against the peer (its IP or certificate), so guessing
+        // tokens is held to the same rate as calling.
+        Err(refused) if refused.code() == tonic::Code::Unauthenticated => {
+            guard.limiter.check_rate(&peer_name(req))?;
+            return Err(refused);
+        }
+        Err(refused) => return Err(refused),
+    };
     guard.limiter.check_rate(&client)?;
     if is_watch(req.uri().path()) {
         return guard.limiter.open_watch(&client).map(Some);
