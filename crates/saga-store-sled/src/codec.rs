@@ -85,8 +85,11 @@ pub(crate) fn sled_error(place: &str, e: sled::Error) -> StoreError {
         sled::Error::ReportableBug(msg) => {
             StoreError::Corrupted(format!("{place}: sled internal error: {msg}"))
         }
+        // A store this build of sled cannot read (its settings file is unreadable, or
+        // written by another version): as corrupt, so the worker moves it aside and
+        // restores from the journal instead of failing on every start.
         sled::Error::Unsupported(msg) => {
-            StoreError::Io(format!("{place}: unsupported by sled: {msg}"))
+            StoreError::Corrupted(format!("{place}: unsupported by sled: {msg}"))
         }
         sled::Error::CollectionNotFound(name) => StoreError::Io(format!(
             "{place}: sled tree `{}` not found",
@@ -145,6 +148,10 @@ mod tests {
         );
         assert!(matches!(
             sled_error("x", sled::Error::ReportableBug("boom".into())),
+            StoreError::Corrupted(_)
+        ));
+        assert!(matches!(
+            sled_error("x", sled::Error::Unsupported("old config".into())),
             StoreError::Corrupted(_)
         ));
     }
