@@ -590,6 +590,18 @@ mod tests {
     }
 
     #[test]
+    fn without_tokens_an_mtls_client_is_named_by_its_certificate_subject() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["checkout-web".into()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "checkout-web");
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(cert_subject(cert.der()).as_deref(), Some("CN=checkout-web"));
+        assert_eq!(cert_subject(b"not a certificate"), None);
+    }
+
+    #[test]
     fn a_tokens_file_names_its_clients_by_the_hash_of_their_token() {
         let text = file(&[
             ("web", "s3cret-web", "[client]"),
