@@ -16,6 +16,8 @@ use saga_ports::{Journal, Publisher};
 use saga_proto::{self as pb, Message};
 use saga_testkit::{NatsServer, ProcessGuard};
 
+pub mod prometheus;
+
 /// Partitions used by the tests.
 pub const PARTITIONS: u32 = 4;
 

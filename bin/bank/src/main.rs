@@ -28,6 +28,8 @@ struct Args {
     /// Directory of aggregate definitions (banking-account.yaml).
     #[arg(long, env = "AGGREGATES_DIR", default_value = "aggregates")]
     aggregates: PathBuf,
+    #[command(flatten)]
+    metrics: saga_telemetry::metrics::MetricsArgs,
 }
 
 #[tokio::main]
@@ -41,6 +43,7 @@ async fn main() {
 }
 
 async fn run(args: Args) -> Result<()> {
+    args.metrics.install("bank")?;
     let file = args.aggregates.join("banking-account.yaml");
     let definition = saga_eventstore::definition::load_file(&file)
         .map_err(anyhow::Error::msg)?

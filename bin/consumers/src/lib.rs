@@ -313,6 +313,8 @@ pub struct ConsumerArgs {
         requires = "fail_on_event"
     )]
     pub fail_while_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub metrics: saga_telemetry::metrics::MetricsArgs,
 }
 
 impl ConsumerArgs {
@@ -330,6 +332,7 @@ pub async fn serve(
     handler: Arc<dyn EventHandler>,
     summary: fn(&sled::Db) -> anyhow::Result<String>,
 ) -> anyhow::Result<()> {
+    args.metrics.install(service)?;
     let (catalog, codec) = saga_choreography::load(&args.catalog)?;
     let ladder = RetryLadder::parse(&args.retry_ladder).map_err(anyhow::Error::msg)?;
     let data_dir = args

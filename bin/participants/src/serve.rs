@@ -59,6 +59,8 @@ pub struct CommonArgs {
     /// backoff list; any other value uses this wait for every delivery.
     #[arg(long, env = "ACK_WAIT_MS", default_value_t = 30_000)]
     pub ack_wait_ms: u64,
+    #[command(flatten)]
+    pub metrics: saga_telemetry::metrics::MetricsArgs,
 }
 
 impl CommonArgs {
@@ -114,6 +116,7 @@ pub async fn run(
     args: CommonArgs,
     services: Vec<(&str, Arc<dyn Handler>)>,
 ) -> anyhow::Result<()> {
+    args.metrics.install(name)?;
     let knobs = args.knobs();
     knobs.validate()?;
     let data_dir = args

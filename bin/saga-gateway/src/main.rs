@@ -55,6 +55,8 @@ struct Args {
     /// Rebuild the projection from SAGA_JOURNAL, then exit.
     #[arg(long)]
     rebuild_projection: bool,
+    #[command(flatten)]
+    metrics: saga_telemetry::metrics::MetricsArgs,
     /// TLS certificate chain of the gRPC server (PEM); needs --tls-key.
     #[arg(long, env = "GRPC_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -183,6 +185,11 @@ async fn run(args: Args) -> Result<()> {
         return Ok(());
     }
 
+    args.metrics.install("saga-gateway")?;
+    if args.metrics.enabled() {
+        let sampler = saga_nats::sampler::SamplerSettings::new(args.partitions);
+        saga_nats::sampler::spawn(js.clone(), sampler);
+    }
     let security = security(&args)?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;

@@ -72,6 +72,8 @@ struct Args {
     /// this process at the N-th input reaching that point.
     #[arg(long, env = "SAGA_CRASH_AT", hide = true)]
     crash_at: Option<String>,
+    #[command(flatten)]
+    metrics: saga_telemetry::metrics::MetricsArgs,
 }
 
 #[tokio::main]
@@ -153,6 +155,12 @@ async fn run(args: Args) -> Result<()> {
         fault_hook: args.crash_at.as_deref().map(fault_hook).transpose()?,
     };
     let saga_types: Vec<String> = ctx.definitions.keys().cloned().collect();
+    args.metrics.install("saga-worker")?;
+    if args.metrics.enabled() {
+        saga_runtime::metrics::enable_sampler();
+        let sampler = saga_nats::sampler::SamplerSettings::new(args.partitions);
+        saga_nats::sampler::spawn(js.clone(), sampler);
+    }
     let worker = Arc::new(Worker::new(ctx).await?);
     let ttl = Duration::from_millis(args.lease_ttl_ms.max(300));
     let leases = Leases::new(

@@ -32,6 +32,7 @@ pub mod names;
 mod open;
 mod provision;
 mod publisher;
+pub mod sampler;
 
 pub use clock::BrokerClock;
 pub use connect::{connect, connect_as, DEFAULT_CONNECTION_NAME};

@@ -83,6 +83,7 @@ pub async fn run(
             }
             _ = ticker.tick() => {
                 for e in leases.tick().await {
+                    crate::sampler::lease_event(&e);
                     let _ = events_tx.send(e);
                 }
                 publish_deadlines(&deadlines, &leases);

@@ -38,6 +38,7 @@ mod dlq;
 mod error;
 mod handler;
 mod knobs;
+mod metrics;
 mod participant;
 mod store;
 

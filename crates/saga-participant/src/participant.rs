@@ -398,6 +398,7 @@ async fn handle_command(sh: &Shared, svc: &Service, d: Delivery, cmd: StepComman
     match sh.store.lookup(&key, now, window) {
         Ok(Some(recorded)) => {
             debug!("duplicate command: republishing the recorded reply");
+            crate::metrics::duplicate(&svc.name, &cmd.action);
             return reply_then_ack(sh, d, &cmd, recorded).await;
         }
         Ok(None) => {}
@@ -429,6 +430,7 @@ async fn handle_command(sh: &Shared, svc: &Service, d: Delivery, cmd: StepComman
                 return nak(&d, Some(sh.settings.publish_retry_delay)).await;
             }
             debug!(outcome = outcome_name(&reply), "effect committed");
+            crate::metrics::handled(&svc.name, &cmd.action, outcome_name(&reply));
             if crash {
                 (sh.crash_hook)(&cmd.action);
                 return;
@@ -437,6 +439,7 @@ async fn handle_command(sh: &Shared, svc: &Service, d: Delivery, cmd: StepComman
         }
         Ok(Executed::Technical(reason)) => {
             info!(%reason, "technical failure: not recorded, the saga may retry");
+            crate::metrics::handled(&svc.name, &cmd.action, "technical_failure");
             let reply = failure_reply(svc, &cmd, now, reason);
             reply_then_ack(sh, d, &cmd, reply).await
         }
@@ -566,7 +569,10 @@ async fn retry_or_dead_letter(
 
 async fn dead_letter(sh: &Shared, d: Delivery, reason: &str) {
     match sh.dead_letters.dead_letter(&d, reason).await {
-        Ok(()) => warn!(subject = %d.subject, %reason, "command dead-lettered"),
+        Ok(()) => {
+            crate::metrics::dead_lettered(&d.subject);
+            warn!(subject = %d.subject, %reason, "command dead-lettered")
+        }
         Err(e) => {
             warn!(error = %e, %reason, "dead-lettering failed; nak for a retry");
             nak(&d, Some(sh.settings.publish_retry_delay)).await;

@@ -22,6 +22,7 @@ mod dispatch;
 pub mod envelope;
 mod error;
 mod interpret;
+pub mod metrics;
 pub mod saga_actor;
 pub mod supervisor;
 mod trace;

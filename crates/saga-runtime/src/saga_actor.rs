@@ -608,6 +608,11 @@ impl SagaActorState {
                             if let Some(s) = self.stored.as_mut() {
                                 s.journal_sequence = ack.sequence;
                             }
+                            crate::metrics::journalled(
+                                self.def.as_deref(),
+                                self.stored.as_ref().map(|s| &s.state),
+                                &append.payload,
+                            );
                         }
                         Err(e @ PortError::Fenced { .. }) => {
                             // Someone else wrote this saga's journal: what this actor

@@ -44,6 +44,7 @@ impl Worker {
             sweeper: std::sync::Mutex::new(None),
         };
         worker.spawn_sweeper();
+        crate::metrics::spawn_sampler(&worker.ctx, &worker.supervisor);
         Ok(worker)
     }
 

@@ -11,6 +11,7 @@
 //! features, so no exporter and no gRPC client) to carry a span's context in message
 //! headers; nothing here depends on the saga model.
 
+pub mod metrics;
 pub mod propagation;
 
 use tracing_subscriber::layer::SubscriberExt;
