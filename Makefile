@@ -49,6 +49,7 @@ chaos: setup ## long chaos run on a release stack: 10,000 orders, 50 faults of e
 test: setup ## run every test (unit, property, CLI, end-to-end on a real nats-server)
 	@scripts/install-faketime.sh
 	@scripts/install-postgresql.sh
+	@scripts/install-prometheus.sh
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --all-targets --no-fail-fast
 	$(CARGO) test --workspace --doc
@@ -62,8 +63,11 @@ clippy:
 check-core-deps: ## saga-core must stay free of I/O crates
 	@scripts/check-core-deps.sh
 
-lint: check-core-deps clippy ## fmt check, clippy -D warnings, core dependency check
+lint: check-core-deps clippy ## fmt check, clippy -D warnings, core dependency check, alert rules
 	$(CARGO) fmt --all -- --check
+	@scripts/install-prometheus.sh >/dev/null
+	promtool check rules deploy/prometheus/alerts.yml
+	promtool test rules deploy/prometheus/alerts_test.yml
 
 ci: lint test ## what CI runs
 
