@@ -19,6 +19,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::projection::ListFilter;
 use crate::requests::{self, Claim, RequestRecord};
@@ -199,10 +200,26 @@ impl GatewayService {
                 .await
                 .map_err(GatewayError::from)?;
         }
-        let msg = start_message(saga_type, &id, payload, key, self.partitions, now);
+        tracing::Span::current().record("saga.id", id.as_str());
+        let mut msg = start_message(saga_type, &id, payload, key, self.partitions, now);
+        // The start carries the RPC's trace: the saga's transitions continue it.
+        let publish = tracing::info_span!(
+            "saga.publish",
+            otel.name = "publish saga.in",
+            otel.kind = "producer",
+            messaging.system = "nats",
+            "messaging.operation.type" = "publish",
+            messaging.destination.name = msg.subject.as_str(),
+            messaging.message.id = msg.msg_id.as_str(),
+            messaging.message.conversation_id = id.as_str(),
+            saga.id = id.as_str(),
+            "saga.type" = saga_type,
+        );
+        saga_telemetry::propagation::inject(&publish, &mut msg.headers);
         let ack = self
             .publisher
             .publish(&msg)
+            .instrument(publish)
             .await
             .map_err(GatewayError::from)?;
         tracing::info!(saga_id = %id, saga_type, seq = ack.sequence, duplicate = ack.duplicate, "saga start accepted");
@@ -298,6 +315,20 @@ fn order_id(id: &SagaId) -> String {
     format!("order-{id}")
 }
 
+/// The server span of a gateway RPC that starts a saga: the root of the saga's trace.
+fn rpc_span(method: &str, saga_type: &str) -> tracing::Span {
+    tracing::info_span!(
+        "rpc",
+        otel.name = %format!("saga.v1.SagaGateway/{method}"),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = "saga.v1.SagaGateway",
+        rpc.method = method,
+        saga.id = tracing::field::Empty,
+        "saga.type" = saga_type,
+    )
+}
+
 /// Resolves when `stop` turns true; never if its sender is gone without saying so.
 async fn stopped(mut stop: watch::Receiver<bool>) {
     if stop.wait_for(|s| *s).await.is_err() {
@@ -331,6 +362,7 @@ impl SagaGateway for GatewayService {
             .start(request, now, |id| {
                 validate::order(&req, &order_id(id)).map(Some)
             })
+            .instrument(rpc_span("PlaceOrder", ORDER_SAGA))
             .await?;
         Ok(Response::new(pb::PlaceOrderResponse {
             order_id: order_id(&id),
@@ -355,7 +387,10 @@ impl SagaGateway for GatewayService {
         }
         .encode_to_vec();
         let request = request_record("StartSaga", &req.saga_type, key, &canonical, &fresh);
-        let (id, saga) = self.start(request, now, |_| Ok(payload.clone())).await?;
+        let (id, saga) = self
+            .start(request, now, |_| Ok(payload.clone()))
+            .instrument(rpc_span("StartSaga", &req.saga_type))
+            .await?;
         Ok(Response::new(pb::StartSagaResponse {
             saga_id: id.to_string(),
             state: saga.state,

@@ -378,14 +378,31 @@ async fn process(sh: &Shared, svc: &Service, d: Delivery) {
     if let Err(why) = validate(&cmd) {
         return dead_letter(sh, d, &format!("invalid StepCommand: {why}")).await;
     }
+    // The consumer span of the command, a child of the worker's publish span (its
+    // context travels in the headers); the reply carries this span's context back.
     let span = tracing::info_span!(
+        parent: None,
         "command",
+        otel.name = %format!("process {}", d.subject),
+        otel.kind = "consumer",
+        messaging.system = "nats",
+        "messaging.operation.type" = "process",
+        messaging.destination.name = d.subject.as_str(),
+        messaging.message.id = d.headers.get(header::MSG_ID).map_or("", String::as_str),
+        messaging.message.conversation_id = %cmd.saga_id,
         saga_id = %cmd.saga_id,
         step = %cmd.step,
         action = %cmd.action,
         attempt = cmd.attempt,
         delivered = d.delivered,
+        saga.id = %cmd.saga_id,
+        "saga.type" = %cmd.saga_type,
+        saga.step = %cmd.step,
+        saga.attempt = cmd.attempt,
+        saga.compensation = cmd.compensation,
+        saga.service = %svc.name,
     );
+    saga_telemetry::propagation::set_parent(&span, &d.headers);
     handle_command(sh, svc, d, cmd).instrument(span).await
 }
 
@@ -503,6 +520,8 @@ pub fn reply_message(
     if let Some(tp) = incoming.get(header::TRACEPARENT) {
         headers.insert(header::TRACEPARENT.into(), tp.clone());
     }
+    // Inside the command's span (the SDK's handling) the reply continues from it.
+    saga_telemetry::propagation::inject(&tracing::Span::current(), &mut headers);
     OutgoingMessage {
         subject: cmd.reply_to.clone(),
         msg_id: format!("reply:{}:{}", cmd.idempotency_key, cmd.attempt),
