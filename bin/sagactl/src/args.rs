@@ -149,6 +149,12 @@ pub enum SagaCommand {
         /// Saga id.
         id: String,
     },
+    /// Print the saga's timeline with the trace and span id of every transition (from
+    /// its journal), to look the saga up in a tracing backend.
+    Trace {
+        /// Saga id.
+        id: String,
+    },
     /// Cancel a saga: compensates what ran; a no-op on a terminal saga.
     Cancel {
         /// Saga id.

@@ -181,6 +181,46 @@ pub fn history(events: &[JournalEvent]) -> String {
     out
 }
 
+/// The saga's timeline with the trace and span of each transition, and the saga's trace
+/// id first (what to search for in a tracing backend).
+pub fn trace(events: &[JournalEvent]) -> String {
+    let mut out = String::new();
+    let saga_trace = events.iter().find_map(|e| {
+        e.saga_traceparent
+            .split('-')
+            .nth(1)
+            .filter(|t| !t.is_empty())
+    });
+    match saga_trace {
+        Some(t) => {
+            let _ = writeln!(out, "trace {t}");
+        }
+        None if events.iter().all(|e| e.trace_id.is_empty()) => {
+            let _ = writeln!(
+                out,
+                "no trace ids: the worker that wrote this journal exported no traces \
+                 (start it with OTEL_EXPORTER_OTLP_ENDPOINT set)"
+            );
+        }
+        None => {}
+    }
+    let mut t = Table::new(&[
+        "VERSION", "RECORDED", "INPUT", "STATE", "TRACE ID", "SPAN ID",
+    ]);
+    for e in events {
+        t.row(vec![
+            format!("v{}", e.version),
+            ts(e.recorded_at.as_ref()),
+            input(e.input.as_ref()),
+            state_name(e.state),
+            or_dash(&e.trace_id).to_string(),
+            or_dash(&e.span_id).to_string(),
+        ]);
+    }
+    out.push_str(&t.render());
+    out
+}
+
 fn input(i: Option<&JournalInput>) -> String {
     let Some(kind) = i.and_then(|i| i.kind.as_ref()) else {
         return "input: -".into();

@@ -93,6 +93,32 @@ pub async fn run(gateway: &str, out: Output, cmd: SagaCommand) -> Result<ExitCod
                 out!("{}", render::history(&events));
             }
         }
+        SagaCommand::Trace { id } => {
+            let events = client
+                .get_saga_history(GetSagaHistoryRequest { saga_id: id })
+                .await
+                .map_err(|st| rpc_error("GetSagaHistory", &st))?
+                .into_inner()
+                .events;
+            if out.json {
+                let rows: Vec<serde_json::Value> = events
+                    .iter()
+                    .map(|e| {
+                        serde_json::json!({
+                            "version": e.version.to_string(),
+                            "traceId": e.trace_id,
+                            "spanId": e.span_id,
+                            "sagaTraceparent": e.saga_traceparent,
+                        })
+                    })
+                    .collect();
+                print_pretty(&serde_json::json!({ "transitions": rows }));
+            } else if events.is_empty() {
+                outln!("(no journal events)");
+            } else {
+                out!("{}", render::trace(&events));
+            }
+        }
         SagaCommand::Cancel { id, reason } => {
             let r = client
                 .cancel_saga(CancelSagaRequest {
