@@ -50,9 +50,7 @@ async fn run(args: Args) -> Result<()> {
         .definition;
     saga_aggregates::check_against_proto(&file.display().to_string(), &definition)
         .map_err(anyhow::Error::msg)?;
-    let client = async_nats::ConnectOptions::new()
-        .name("bank")
-        .connect(&args.nats_url)
+    let client = saga_nats::connect_as(&args.nats_url, "bank")
         .await
         .with_context(|| format!("connecting to NATS at {}", args.nats_url))?;
     let listener = tokio::net::TcpListener::bind(args.grpc_addr)

@@ -141,9 +141,20 @@ pub async fn run(
         replicas: usize::from(args.replicas),
         ..ProvisionConfig::default()
     };
-    saga_nats::provision_streams(&js, &config)
-        .await
-        .context("provisioning streams")?;
+    // Under the shipped NATS permissions a participant may read the streams but not
+    // create them: when they are not there yet, wait a while for a worker or the
+    // gateway to create them instead of failing at once.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match saga_nats::provision_streams(&js, &config).await {
+            Ok(_) => break,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "streams not provisioned yet; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("provisioning streams")),
+        }
+    }
 
     let consumer_settings = args.consumer_settings();
     let publisher = Arc::new(NatsPublisher::new(js.clone()));

@@ -66,6 +66,9 @@ pub enum Command {
     /// Event-sourced aggregates (ES_EVENTS): show one's state and events, now or back then.
     #[command(subcommand)]
     Es(crate::es::EsCommand),
+    /// Write one NATS user (nkey) per role with its permissions, and with --tls a CA
+    /// and a server certificate (see docs/security.md).
+    NatsAuth(crate::natsauth::NatsAuthArgs),
 }
 
 #[derive(Debug, Args)]
@@ -338,6 +341,11 @@ pub struct DevArgs {
     /// reported and left down (the rest keeps serving).
     #[arg(long, default_value_t = 5, value_name = "N")]
     pub max_restarts: u32,
+    /// One NATS user per role (nkeys with the permissions of docs/security.md) and TLS
+    /// on the NATS connections, written into DATA/auth. Without it the stack runs in
+    /// the plaintext dev mode: no users, anyone who reaches the port can do anything.
+    #[arg(long)]
+    pub secure: bool,
     /// Lease TTL of the workers (LEASE_TTL_MS), in milliseconds: how soon the others
     /// take over the partitions of a worker that died or froze.
     #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(300..))]

@@ -80,6 +80,18 @@ pub async fn run(a: DevArgs) -> Result<ExitCode> {
     layout
         .worker_env
         .push(("LEASE_TTL_MS".into(), a.lease_ttl_ms.to_string()));
+    if a.secure {
+        let roles = crate::natsauth::roles(&[], &[])?;
+        let hosts = ["localhost".to_string(), "127.0.0.1".to_string()];
+        let auth = crate::natsauth::generate(
+            &layout.data.join("auth"),
+            &roles,
+            &hosts,
+            &a.stack.nats_conf,
+            false,
+        )?;
+        layout.auth = Some(auth);
+    }
     let logs = layout.logs();
     let control = devctl::bind(&layout.data)?;
     let broken = layout.data.join(REWARDS_BROKEN);
@@ -132,6 +144,25 @@ pub async fn run(a: DevArgs) -> Result<ExitCode> {
 
     sayln!();
     sayln!("stack ready: gRPC on {grpc}, NATS on {nats_url}");
+    match &layout.auth {
+        Some(auth) => {
+            sayln!(
+                "NATS: one user per role, TLS (CA {}); as the operator:",
+                auth.ca
+                    .as_ref()
+                    .map_or("-".into(), |c| c.display().to_string())
+            );
+            sayln!(
+                "  export $(cat {})",
+                auth.dir.join("env").join("sagactl.env").display()
+            );
+        }
+        None => sayln!(
+            "NATS: PLAINTEXT DEV MODE, no users and no TLS: anyone who reaches port {} can \
+             start, read and cancel every saga (`sagactl dev --secure` for users and TLS)",
+            a.nats_port
+        ),
+    }
     sayln!("logs: {}/<name>.log", logs.display());
     sayln!("try:");
     sayln!(

@@ -109,7 +109,7 @@ pub async fn run(out: Output, c: EsCommand) -> Result<ExitCode> {
         (None, Some(t)) => Until::Time(parse_time(t)?),
         (None, None) => Until::End,
     };
-    let client = async_nats::connect(&a.common.nats_url)
+    let client = saga_nats::connect_as(&a.common.nats_url, "sagactl")
         .await
         .with_context(|| format!("connecting to NATS at {}", a.common.nats_url))?;
     let js = async_nats::jetstream::new(client);
@@ -229,7 +229,7 @@ async fn request(
 /// `projection ls`: every projection of the definitions, with the status of its runner.
 pub async fn ls(out: Output, a: ProjectionLsArgs) -> Result<ExitCode> {
     let defs = definitions(&a.common.aggregates)?;
-    let client = async_nats::connect(&a.common.nats_url)
+    let client = saga_nats::connect_as(&a.common.nats_url, "sagactl")
         .await
         .with_context(|| format!("connecting to NATS at {}", a.common.nats_url))?;
     let mut rows = Vec::new();
@@ -304,7 +304,7 @@ fn print_status(out: Output, v: &serde_json::Value) -> Result<()> {
 
 /// `projection status NAME`.
 pub async fn status(out: Output, a: ProjectionStatusArgs) -> Result<ExitCode> {
-    let client = async_nats::connect(&a.common.nats_url)
+    let client = saga_nats::connect_as(&a.common.nats_url, "sagactl")
         .await
         .with_context(|| format!("connecting to NATS at {}", a.common.nats_url))?;
     let v = request(&client, &a.name, "status", Duration::from_secs(5)).await?;
@@ -317,7 +317,7 @@ pub async fn rebuild(out: Output, name: &str, nats_url: Option<String>) -> Resul
     let url = nats_url
         .or_else(|| std::env::var("NATS_URL").ok())
         .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
-    let client = async_nats::connect(&url)
+    let client = saga_nats::connect_as(&url, "sagactl")
         .await
         .with_context(|| format!("connecting to NATS at {url}"))?;
     let v = request(&client, name, "rebuild", Duration::from_secs(3600)).await?;

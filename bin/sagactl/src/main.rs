@@ -25,6 +25,7 @@ mod dlq;
 mod es;
 mod events;
 mod json;
+mod natsauth;
 mod output;
 mod projection;
 mod render;
@@ -52,6 +53,15 @@ fn main() -> ExitCode {
         Command::Def(DefCommand::Graph { file }) => return def::graph(&file),
         Command::Events(c) => return events::run(c, json),
         Command::Token(c) => return token::run(c),
+        Command::NatsAuth(a) => {
+            return match natsauth::run(a) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sagactl: error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         other => other,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -67,7 +77,7 @@ fn main() -> ExitCode {
     let out = Output { json };
     let result = runtime.block_on(async move {
         match command {
-            Command::Def(_) | Command::Events(_) | Command::Token(_) => {
+            Command::Def(_) | Command::Events(_) | Command::NatsAuth(_) | Command::Token(_) => {
                 unreachable!("handled above")
             }
             Command::Order(args::OrderCommand::Place(a)) => sagas::place(&gateway, out, a).await,

@@ -676,10 +676,10 @@ pub async fn probe_gateway(addr: &str) -> Option<Client> {
 
 /// Resolves once `n` workers are in `saga_workers` (the caller's deadline bounds the
 /// wait).
-async fn live_workers(nats_url: &str, n: usize) {
+async fn live_workers(nats_url: &str, security: saga_nats::Security, n: usize) {
     use futures::TryStreamExt as _;
     let client = loop {
-        match async_nats::connect(nats_url).await {
+        match saga_nats::connect_with(nats_url, "sagactl", &security).await {
             Ok(c) => break c,
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
@@ -720,6 +720,10 @@ pub struct Layout {
     /// Children started last, once the gateway answers (event consumers, other
     /// services), each told the stack's NATS URL as `NATS_URL`.
     pub extras: Vec<Spec>,
+    /// One NATS user per role and TLS (`sagactl dev --secure`): the server runs with
+    /// its `server.conf`, every child gets its role's credentials. `None`: the
+    /// plaintext dev mode.
+    pub auth: Option<crate::natsauth::AuthDir>,
 }
 
 /// The children of a started stack.
@@ -769,6 +773,7 @@ impl Layout {
             participant_args: Vec::new(),
             ready_timeout: Duration::from_secs(args.ready_timeout),
             extras: Vec::new(),
+            auth: None,
         })
     }
 
@@ -781,6 +786,15 @@ impl Layout {
         SocketAddr::from(([127, 0, 0, 1], self.nats_port))
     }
 
+    /// How this process connects to the stack's NATS (the operator's user, with
+    /// `--secure`).
+    pub fn operator(&self) -> Result<saga_nats::Security> {
+        match &self.auth {
+            Some(a) => a.security_for("sagactl"),
+            None => Ok(saga_nats::Security::default()),
+        }
+    }
+
     pub fn nats_url(&self) -> String {
         format!("nats://{}", self.nats_addr())
     }
@@ -788,6 +802,14 @@ impl Layout {
     /// The sled directory of participant `name`.
     pub fn participant_dir(&self, name: &str) -> PathBuf {
         self.data.join(name)
+    }
+
+    /// The credentials of role `role` (empty in the plaintext dev mode).
+    fn role_env(&self, role: &str) -> Vec<(String, String)> {
+        self.auth
+            .as_ref()
+            .map(|a| a.env_for(role))
+            .unwrap_or_default()
     }
 
     /// Starts every process, in tiers (nats-server, workers, participants, gateway), and
@@ -807,7 +829,11 @@ impl Layout {
                 &self.nats_bin,
                 vec![
                     "-c".into(),
-                    self.nats_conf.display().to_string(),
+                    self.auth
+                        .as_ref()
+                        .map_or(&self.nats_conf, |a| &a.server_conf)
+                        .display()
+                        .to_string(),
                     "-p".into(),
                     self.nats_port.to_string(),
                     "-sd".into(),
@@ -847,6 +873,7 @@ impl Layout {
                 ],
             );
             spec.env = self.worker_env.clone();
+            spec.env.extend(self.role_env("saga-worker"));
             workers.push(stack.spawn(spec)?);
         }
 
@@ -864,14 +891,16 @@ impl Layout {
             if let Some((_, extra)) = self.participant_args.iter().find(|(n, _)| n == name) {
                 args.extend(extra.iter().cloned());
             }
-            participants.push(stack.spawn(Spec::new(name.as_str(), bin, args))?);
+            let mut spec = Spec::new(name.as_str(), bin, args);
+            spec.env.extend(self.role_env(name));
+            participants.push(stack.spawn(spec)?);
         }
 
         // A gateway refuses starts of a type no live worker runs: it comes up once every
         // worker has announced itself.
         let within = self.ready_timeout;
         tokio::select! {
-            r = tokio::time::timeout(within, live_workers(&nats_url, self.workers as usize)) => {
+            r = tokio::time::timeout(within, live_workers(&nats_url, self.operator()?, self.workers as usize)) => {
                 if r.is_err() {
                     bail!("timed out after {within:?} waiting for the workers to join (see the logs)");
                 }
@@ -880,25 +909,25 @@ impl Layout {
         }
 
         stack.tier();
-        let gateway = stack.spawn(
-            Spec::new(
-                "saga-gateway",
-                &self.bins.gateway,
-                vec![
-                    "--grpc-addr".into(),
-                    self.grpc_addr.to_string(),
-                    "--nats-url".into(),
-                    nats_url,
-                    "--data-dir".into(),
-                    self.data.join("gateway").display().to_string(),
-                    "--sagas".into(),
-                    sagas,
-                    "--partitions".into(),
-                    partitions,
-                ],
-            )
-            .listening_on(self.grpc_addr.to_string()),
-        )?;
+        let mut gateway = Spec::new(
+            "saga-gateway",
+            &self.bins.gateway,
+            vec![
+                "--grpc-addr".into(),
+                self.grpc_addr.to_string(),
+                "--nats-url".into(),
+                nats_url,
+                "--data-dir".into(),
+                self.data.join("gateway").display().to_string(),
+                "--sagas".into(),
+                sagas,
+                "--partitions".into(),
+                partitions,
+            ],
+        )
+        .listening_on(self.grpc_addr.to_string());
+        gateway.env.extend(self.role_env("saga-gateway"));
+        let gateway = stack.spawn(gateway)?;
 
         let addr = format!("http://{}", self.grpc_addr);
         let client = wait_ready(
@@ -914,6 +943,7 @@ impl Layout {
             for spec in &self.extras {
                 let mut spec = spec.clone();
                 spec.env.push(("NATS_URL".into(), self.nats_url()));
+                spec.env.extend(self.role_env(&spec.name));
                 stack.spawn(spec)?;
             }
         }

@@ -20,6 +20,7 @@
 //! runtime depends on the ports, and binaries wire this crate in.
 
 mod clock;
+pub mod auth;
 mod connect;
 mod consumer;
 pub mod dead_letters;
@@ -35,7 +36,9 @@ mod publisher;
 pub mod sampler;
 
 pub use clock::BrokerClock;
-pub use connect::{connect, connect_as, DEFAULT_CONNECTION_NAME};
+pub use connect::{
+    connect, connect_as, connect_with, inbox_prefix, Security, DEFAULT_CONNECTION_NAME,
+};
 pub use consumer::{NatsAcker, NatsConsumer};
 pub use dlq::dead_letter;
 pub use error::NatsError;

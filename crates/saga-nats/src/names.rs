@@ -3,7 +3,8 @@
 //!
 //! | what | stream / bucket | subjects |
 //! | --- | --- | --- |
-//! | saga inputs (starts, replies) | [`INBOX_STREAM`] | `saga.in.<partition>.<saga_id>` |
+//! | saga inputs (starts, cancels) | [`INBOX_STREAM`] | `saga.in.<partition>.<saga_id>` |
+//! | step replies | [`INBOX_STREAM`] | `saga.reply.<partition>.<saga_id>.<service>` |
 //! | step commands | [`COMMANDS_STREAM`] | `saga.cmd.<service>.<action>` |
 //! | saga journals | [`JOURNAL_STREAM`] | `saga.journal.<saga_type>.<saga_id>` |
 //! | domain events | [`EVENTS_STREAM`] | `events.<domain>.<EventName>` |
@@ -17,10 +18,15 @@
 
 use std::fmt;
 
-/// Stream of saga inputs (starts, replies).
+/// Stream of saga inputs (starts, cancels, replies).
 pub const INBOX_STREAM: &str = "SAGA_INBOX";
-/// Subjects of [`INBOX_STREAM`].
+/// Subjects of [`INBOX_STREAM`] written by the gateway and operators (starts, cancels).
 pub const INBOX_SUBJECTS: &str = "saga.in.>";
+/// Subjects of [`INBOX_STREAM`] written by participants (step replies). Apart from
+/// `saga.in.>` so that a participant may be allowed to reply without being allowed to
+/// start or cancel sagas; the last token names the replying service, which the worker
+/// checks against the step and NATS permissions pin to the participant's user.
+pub const REPLY_SUBJECTS: &str = "saga.reply.>";
 /// Stream of step commands.
 pub const COMMANDS_STREAM: &str = "SAGA_COMMANDS";
 /// Subjects of [`COMMANDS_STREAM`].
@@ -67,9 +73,26 @@ pub fn inbox_subject(partition: u32, saga_id: &str) -> String {
     format!("saga.in.{partition}.{saga_id}")
 }
 
-/// `saga.in.<partition>.>`: the filter of partition consumer `saga-p<partition>`.
+/// `saga.in.<partition>.>`: the filter of partition consumer `saga-p<partition>` (with
+/// [`partition_reply_filter`]).
 pub fn partition_filter(partition: u32) -> String {
     format!("saga.in.{partition}.>")
+}
+
+/// `saga.reply.<partition>.<saga_id>.<service>`: where `service` replies to a command of
+/// saga `saga_id`.
+pub fn reply_subject(partition: u32, saga_id: &str, service: &str) -> String {
+    format!("saga.reply.{partition}.{saga_id}.{service}")
+}
+
+/// `saga.reply.<partition>.>`: the replies half of partition consumer `saga-p<partition>`.
+pub fn partition_reply_filter(partition: u32) -> String {
+    format!("saga.reply.{partition}.>")
+}
+
+/// `saga.reply.*.*.<service>`: the replies `service` may publish (its NATS permission).
+pub fn service_reply_pattern(service: &str) -> String {
+    format!("saga.reply.*.*.{service}")
 }
 
 /// `saga-p<partition>`: the durable consumer of one partition.

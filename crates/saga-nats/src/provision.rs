@@ -86,11 +86,28 @@ impl ConsumerSettings {
     }
 
     fn pull_config(&self, name: &str, filter: String, description: String) -> pull::Config {
+        self.pull_config_filters(name, vec![filter], description)
+    }
+
+    fn pull_config_filters(
+        &self,
+        name: &str,
+        mut filters: Vec<String>,
+        description: String,
+    ) -> pull::Config {
+        // One filter goes in `filter_subject` (the API subject then names it, which NATS
+        // permissions can pin); several in `filter_subjects`.
+        let (filter_subject, filter_subjects) = if filters.len() == 1 {
+            (filters.remove(0), Vec::new())
+        } else {
+            (String::new(), filters)
+        };
         pull::Config {
             durable_name: Some(name.to_owned()),
             name: Some(name.to_owned()),
             description: Some(description),
-            filter_subject: filter,
+            filter_subject,
+            filter_subjects,
             deliver_policy: DeliverPolicy::All,
             ack_policy: AckPolicy::Explicit,
             ack_wait: self.ack_wait,
@@ -190,10 +207,15 @@ impl ProvisionConfig {
             stream::Config {
                 retention: RetentionPolicy::WorkQueue,
                 discard: DiscardPolicy::New,
+                subjects: vec![
+                    names::INBOX_SUBJECTS.to_owned(),
+                    names::REPLY_SUBJECTS.to_owned(),
+                ],
                 ..base(
                     names::INBOX_STREAM,
                     names::INBOX_SUBJECTS,
-                    "Saga inputs (starts, replies): saga.in.<partition>.<saga_id>",
+                    "Saga inputs: saga.in.<partition>.<saga_id> (starts, cancels), \
+                     saga.reply.<partition>.<saga_id>.<service> (step replies)",
                 )
             },
             stream::Config {
@@ -398,7 +420,7 @@ pub async fn provision_streams(
 }
 
 /// Creates or updates the partition consumer `saga-p<partition>` on `SAGA_INBOX`
-/// (filter `saga.in.<partition>.>`). The stream must exist ([`provision`]).
+/// (filters `saga.in.<partition>.>` and `saga.reply.<partition>.>`). The stream must exist ([`provision`]).
 pub async fn ensure_partition_consumer(
     js: &jetstream::Context,
     partition: u32,
@@ -406,9 +428,12 @@ pub async fn ensure_partition_consumer(
 ) -> Result<consumer::Info, NatsError> {
     settings.validate()?;
     let name = names::partition_consumer(partition);
-    let config = settings.pull_config(
+    let config = settings.pull_config_filters(
         &name,
-        names::partition_filter(partition),
+        vec![
+            names::partition_filter(partition),
+            names::partition_reply_filter(partition),
+        ],
         format!("Inputs of saga partition {partition}"),
     );
     ensure_consumer(js, names::INBOX_STREAM, config).await
@@ -498,19 +523,17 @@ async fn ensure_stream(
         source,
     };
     for _ in 0..ATTEMPTS {
-        // Creating with the configuration it already has is a no-op success.
-        match js.create_stream(config.clone()).await {
-            Ok(_) => return Ok(Vec::new()),
-            Err(e) if is_code(&e, ErrorCode::STREAM_NAME_EXIST) => {}
-            Err(e) => return Err(err(e)),
-        }
+        // Read first: a user that may read stream info but not create streams (a
+        // participant under the shipped NATS permissions) changes nothing when all is
+        // in place.
         let theirs = match js.get_stream(&name).await {
-            Ok(mut s) => match s.info().await {
-                Ok(info) => info.config.clone(),
-                Err(_) => continue,
+            Ok(s) => s.cached_info().config.clone(),
+            Err(_) => match js.create_stream(config.clone()).await {
+                Ok(_) => return Ok(Vec::new()),
+                // Created between our two calls: read it again.
+                Err(e) if is_code(&e, ErrorCode::STREAM_NAME_EXIST) => continue,
+                Err(e) => return Err(err(e)),
             },
-            // Deleted between our two calls: create again.
-            Err(_) => continue,
         };
         // The operator's settings stay; only what this version cannot work without
         // (its subjects, direct reads) is added to them.

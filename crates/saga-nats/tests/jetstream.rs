@@ -159,7 +159,12 @@ async fn provisioning_is_idempotent_and_creates_the_documented_names() {
             .await
             .unwrap();
         let c = info.config;
-        assert_eq!(c.subjects, [subjects], "{name}");
+        let subjects: Vec<&str> = match name {
+            // Step replies have subjects of their own, apart from starts and cancels.
+            "SAGA_INBOX" => vec![subjects, "saga.reply.>"],
+            _ => vec![subjects],
+        };
+        assert_eq!(c.subjects, subjects, "{name}");
         assert_eq!(c.retention, retention, "{name}");
         assert_eq!(c.max_age, max_age, "{name}");
         assert_eq!(c.storage, StorageType::File, "{name}");
@@ -185,7 +190,10 @@ async fn provisioning_is_idempotent_and_creates_the_documented_names() {
             c.durable_name.as_deref(),
             Some(format!("saga-p{p}").as_str())
         );
-        assert_eq!(c.filter_subject, format!("saga.in.{p}.>"));
+        assert_eq!(
+            c.filter_subjects,
+            vec![format!("saga.in.{p}.>"), format!("saga.reply.{p}.>")]
+        );
         assert_eq!(c.ack_policy, AckPolicy::Explicit);
         assert_eq!(c.ack_wait, Duration::from_secs(30));
         assert_eq!(c.max_deliver, 10);

@@ -3,11 +3,12 @@
 use std::time::Duration;
 
 use ractor::ActorRef;
+use saga_core::machine::Input;
 use saga_ports::Consumer;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::envelope::decode_input;
+use crate::envelope::{decode_input, DecodedInput};
 use crate::saga_actor::dead_letter;
 use crate::supervisor::SupervisorMsg;
 use crate::Context;
@@ -63,6 +64,10 @@ pub async fn dispatch(
         };
         for d in batch {
             match decode_input(&d) {
+                Ok(decoded) if reply_from_wrong_service(&ctx, &decoded).is_some() => {
+                    let why = reply_from_wrong_service(&ctx, &decoded).unwrap_or_default();
+                    dead_letter(&ctx, &d, &why).await;
+                }
                 Ok(decoded) if ctx.definitions.contains_key(&decoded.saga_type) => {
                     debug!(saga_id = %decoded.saga_id, subject = %d.subject, "input");
                     let Ok(permit) = ctx.limits.in_flight.clone().acquire_owned().await else {
@@ -95,5 +100,29 @@ pub async fn dispatch(
                 Err(why) => dead_letter(&ctx, &d, &why).await,
             }
         }
+    }
+}
+
+/// Why a reply cannot be applied: its subject names a service that does not run the step
+/// it answers (a participant replying in another's name, or to a step that does not
+/// exist). `None` when it is fine, or not a reply.
+fn reply_from_wrong_service(ctx: &Context, decoded: &DecodedInput) -> Option<String> {
+    let service = decoded.reply_service.as_deref()?;
+    let step = match &decoded.input {
+        Input::StepReply { step, .. } | Input::CompensationReply { step, .. } => step,
+        _ => return None,
+    };
+    let def = ctx.definitions.get(&decoded.saga_type)?;
+    match def.steps.iter().find(|s| &s.name == step) {
+        Some(s) if s.service == service => None,
+        Some(s) => Some(format!(
+            "reply for step `{step}` of `{}` came from service `{service}`, but the step \
+             runs on `{}`",
+            decoded.saga_type, s.service
+        )),
+        None => Some(format!(
+            "reply for step `{step}`, which saga type `{}` does not have",
+            decoded.saga_type
+        )),
     }
 }

@@ -13,6 +13,16 @@ pub fn inbox_subject(saga_id: &SagaId, partitions: u32) -> String {
     format!("saga.in.{}.{saga_id}", partition_of(saga_id, partitions))
 }
 
+/// `saga.reply.<partition>.<saga_id>.<service>`: where `service` replies to a command.
+/// Apart from `saga.in.>` so that NATS permissions can let a participant reply without
+/// letting it start or cancel sagas (or reply in another service's name).
+pub fn reply_subject(saga_id: &SagaId, partitions: u32, service: &str) -> String {
+    format!(
+        "saga.reply.{}.{saga_id}.{service}",
+        partition_of(saga_id, partitions)
+    )
+}
+
 /// `saga.cmd.<service>.<action>`.
 pub fn command_subject(service: &str, action: &str) -> String {
     format!("saga.cmd.{service}.{action}")
@@ -75,6 +85,9 @@ pub struct DecodedInput {
     pub saga_type: String,
     /// What happened.
     pub input: Input,
+    /// The service named by a reply's subject (`saga.reply.<p>.<id>.<service>`), which
+    /// must be the service of the step replied to; `None` for `saga.in` inputs.
+    pub reply_service: Option<String>,
 }
 
 /// Decodes a delivery from `SAGA_INBOX`; the error says why it is unusable (for the DLQ).
@@ -82,13 +95,32 @@ pub fn decode_input(d: &Delivery) -> Result<DecodedInput, String> {
     let msg = pb::SagaInput::decode(d.payload.as_slice())
         .map_err(|e| format!("undecodable saga.v1.SagaInput: {e}"))?;
     let saga_id = SagaId::parse(&msg.saga_id).map_err(|e| e.to_string())?;
-    if !d.subject.ends_with(&format!(".{saga_id}")) {
+    let tokens: Vec<&str> = d.subject.split('.').collect();
+    let (subject_id, reply_service) = match tokens.as_slice() {
+        ["saga", "in", _, id] => (*id, None),
+        ["saga", "reply", _, id, service] => (*id, Some((*service).to_owned())),
+        _ => {
+            return Err(format!(
+                "subject `{}` is neither saga.in.<partition>.<saga_id> nor \
+                 saga.reply.<partition>.<saga_id>.<service>",
+                d.subject
+            ))
+        }
+    };
+    if subject_id != saga_id.as_str() {
         return Err(format!(
             "saga id `{saga_id}` does not match subject `{}`",
             d.subject
         ));
     }
-    let input = match msg.kind.ok_or("SagaInput without kind")? {
+    let kind = msg.kind.ok_or("SagaInput without kind")?;
+    if reply_service.is_some() && !matches!(kind, pb::saga_input::Kind::Reply(_)) {
+        return Err(format!(
+            "only step replies may be published on saga.reply subjects (`{}`)",
+            d.subject
+        ));
+    }
+    let input = match kind {
         pb::saga_input::Kind::Start(s) => Input::Start {
             payload: s.payload.map(|p| p.encode_to_vec()).unwrap_or_default(),
         },
@@ -101,6 +133,7 @@ pub fn decode_input(d: &Delivery) -> Result<DecodedInput, String> {
         saga_id,
         saga_type: msg.saga_type,
         input,
+        reply_service,
     })
 }
 
@@ -122,7 +155,8 @@ pub fn command_message(
     let payload = (!state.payload.is_empty())
         .then(|| pb::Payload::decode(state.payload.as_slice()).ok())
         .flatten();
-    let reply_to = inbox_subject(&state.saga_id, partitions);
+    let service = step.map(|s| s.service.as_str()).unwrap_or(&cmd.service);
+    let reply_to = reply_subject(&state.saga_id, partitions, service);
     let mut wire = pb::step_command(
         state.saga_id.as_str(),
         &state.saga_type,
@@ -156,10 +190,7 @@ pub fn command_message(
         (header::REPLY_TO.to_string(), reply_to),
     ]);
     OutgoingMessage {
-        subject: command_subject(
-            step.map(|s| s.service.as_str()).unwrap_or(&cmd.service),
-            &cmd.action,
-        ),
+        subject: command_subject(service, &cmd.action),
         msg_id: format!("cmd:{}:{}", cmd.idempotency_key, cmd.attempt),
         headers,
         payload: wire.encode_to_vec(),
