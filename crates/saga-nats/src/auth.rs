@@ -4,7 +4,7 @@
 //! | role | may publish | may subscribe |
 //! | --- | --- | --- |
 //! | operator (`sagactl`) | everything | everything |
-//! | gateway | `saga.in.>` (starts, cancels), redrives (`saga.cmd.>`, `saga.reply.>`, `dlq.>`), the JetStream API | its inboxes |
+//! | gateway | `saga.in.>` (starts, cancels), `events.>` (OrderPlaced), redrives (`saga.cmd.>`, `saga.reply.>`, `dlq.>`), the JetStream API | its inboxes |
 //! | worker | `saga.in.>`, `saga.cmd.>`, `saga.journal.>`, `saga.open.>`, `events.>`, `dlq.>`, the JetStream API | its inboxes |
 //! | participant of services S | replies `saga.reply.*.*.<s>`, dead letters `dlq.saga.cmd.<s>.>`, stream info, and the API of its consumers `svc-<s>` only | its inboxes |
 //! | event consumer of service s | `events.>`, dead letters `dlq.events.>`, stream info, the API of `evt-<s>` only | its inboxes |
@@ -86,6 +86,8 @@ impl Role {
                     names::REPLY_SUBJECTS,
                     names::COMMANDS_SUBJECTS,
                     names::DLQ_SUBJECTS,
+                    // PlaceOrder publishes OrderPlaced with the start.
+                    names::EVENTS_SUBJECTS,
                     "$JS.API.>",
                     "$JS.ACK.>",
                     "$JS.FC.>",
@@ -144,6 +146,8 @@ impl Role {
                     }
                     publish.push(format!("$JS.API.CONSUMER.*.{stream}"));
                     publish.push(format!("$JS.API.CONSUMER.*.{stream}.>"));
+                    publish.push(format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.>"));
+                    publish.push(format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.>"));
                     publish.push(format!("$JS.API.DIRECT.GET.{stream}"));
                     publish.push(format!("$JS.API.DIRECT.GET.{stream}.>"));
                     publish.push(format!("$JS.API.STREAM.MSG.GET.{stream}"));
