@@ -346,6 +346,15 @@ pub struct DevArgs {
     /// the plaintext dev mode: no users, anyone who reaches the port can do anything.
     #[arg(long)]
     pub secure: bool,
+    /// Export every process's traces over OTLP/gRPC to this collector (default
+    /// http://127.0.0.1:4317): start one there first, e.g. Jaeger all-in-one (see
+    /// docs/observability.md). Without it no trace is exported.
+    #[arg(long, value_name = "ENDPOINT", num_args = 0..=1, default_missing_value = "http://127.0.0.1:4317")]
+    pub otel: Option<String>,
+    /// Every process serves Prometheus `/metrics` on 127.0.0.1 from this port on (the
+    /// gateway on it, worker i on +i, participants from +40, the other services from +60).
+    #[arg(long, value_name = "PORT")]
+    pub metrics_port: Option<u16>,
     /// Lease TTL of the workers (LEASE_TTL_MS), in milliseconds: how soon the others
     /// take over the partitions of a worker that died or froze.
     #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(300..))]

@@ -80,6 +80,12 @@ pub async fn run(a: DevArgs) -> Result<ExitCode> {
     layout
         .worker_env
         .push(("LEASE_TTL_MS".into(), a.lease_ttl_ms.to_string()));
+    if let Some(endpoint) = &a.otel {
+        layout
+            .child_env
+            .push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.clone()));
+    }
+    layout.metrics_base = a.metrics_port;
     if a.secure {
         let roles = crate::natsauth::roles(&[], &[])?;
         let hosts = ["localhost".to_string(), "127.0.0.1".to_string()];
@@ -162,6 +168,25 @@ pub async fn run(a: DevArgs) -> Result<ExitCode> {
              start, read and cancel every saga (`sagactl dev --secure` for users and TLS)",
             a.nats_port
         ),
+    }
+    match &a.otel {
+        Some(endpoint) => sayln!(
+            "traces: every process exports OTLP/gRPC to {endpoint} (a collector or Jaeger \
+             all-in-one must listen there: docker run -p 4317:4317 -p 16686:16686 \
+             jaegertracing/all-in-one, UI on http://127.0.0.1:16686)"
+        ),
+        None => sayln!(
+            "traces: not exported (`--otel [ENDPOINT]` sends them to an OTLP collector, \
+             http://127.0.0.1:4317 by default)"
+        ),
+    }
+    if let Some(base) = a.metrics_port {
+        sayln!(
+            "metrics: gateway http://127.0.0.1:{base}/metrics, worker i on port {base}+i, \
+             participants from {}, the other services from {}",
+            base.saturating_add(40),
+            base.saturating_add(60)
+        );
     }
     sayln!("logs: {}/<name>.log", logs.display());
     sayln!("try:");

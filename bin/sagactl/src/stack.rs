@@ -724,6 +724,30 @@ pub struct Layout {
     /// its `server.conf`, every child gets its role's credentials. `None`: the
     /// plaintext dev mode.
     pub auth: Option<crate::natsauth::AuthDir>,
+    /// Environment of every child (e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub child_env: Vec<(String, String)>,
+    /// Each child serves `/metrics` on 127.0.0.1:`base + slot` ([`metrics_slot`]).
+    pub metrics_base: Option<u16>,
+}
+
+/// The offset of a child's metrics port from `--metrics-port`: the gateway 0, worker
+/// `i` `i`, the participants from 40, the other services from 60.
+pub fn metrics_slot(role: ChildRole) -> u16 {
+    match role {
+        ChildRole::Gateway => 0,
+        ChildRole::Worker(i) => i as u16,
+        ChildRole::Participant(i) => 40 + i as u16,
+        ChildRole::Extra(i) => 60 + i as u16,
+    }
+}
+
+/// Which child, for [`metrics_slot`].
+#[derive(Debug, Clone, Copy)]
+pub enum ChildRole {
+    Gateway,
+    Worker(u32),
+    Participant(usize),
+    Extra(usize),
 }
 
 /// The children of a started stack.
@@ -774,6 +798,8 @@ impl Layout {
             ready_timeout: Duration::from_secs(args.ready_timeout),
             extras: Vec::new(),
             auth: None,
+            child_env: Vec::new(),
+            metrics_base: None,
         })
     }
 
@@ -804,12 +830,20 @@ impl Layout {
         self.data.join(name)
     }
 
-    /// The credentials of role `role` (empty in the plaintext dev mode).
-    fn role_env(&self, role: &str) -> Vec<(String, String)> {
-        self.auth
+    /// The environment of a child: the credentials of NATS role `role` (none in the
+    /// plaintext dev mode), [`child_env`](Self::child_env) and its metrics address.
+    fn role_env(&self, role: &str, child: ChildRole) -> Vec<(String, String)> {
+        let mut env = self
+            .auth
             .as_ref()
             .map(|a| a.env_for(role))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        env.extend(self.child_env.iter().cloned());
+        if let Some(base) = self.metrics_base {
+            let port = base.saturating_add(metrics_slot(child));
+            env.push(("METRICS_ADDR".into(), format!("127.0.0.1:{port}")));
+        }
+        env
     }
 
     /// Starts every process, in tiers (nats-server, workers, participants, gateway), and
@@ -873,13 +907,14 @@ impl Layout {
                 ],
             );
             spec.env = self.worker_env.clone();
-            spec.env.extend(self.role_env("saga-worker"));
+            spec.env
+                .extend(self.role_env("saga-worker", ChildRole::Worker(i)));
             workers.push(stack.spawn(spec)?);
         }
 
         stack.tier();
         let mut participants = Vec::new();
-        for (name, bin) in &self.bins.participants {
+        for (index, (name, bin)) in self.bins.participants.iter().enumerate() {
             let mut args = vec![
                 "--nats-url".into(),
                 nats_url.clone(),
@@ -892,7 +927,8 @@ impl Layout {
                 args.extend(extra.iter().cloned());
             }
             let mut spec = Spec::new(name.as_str(), bin, args);
-            spec.env.extend(self.role_env(name));
+            spec.env
+                .extend(self.role_env(name, ChildRole::Participant(index)));
             participants.push(stack.spawn(spec)?);
         }
 
@@ -926,7 +962,9 @@ impl Layout {
             ],
         )
         .listening_on(self.grpc_addr.to_string());
-        gateway.env.extend(self.role_env("saga-gateway"));
+        gateway
+            .env
+            .extend(self.role_env("saga-gateway", ChildRole::Gateway));
         let gateway = stack.spawn(gateway)?;
 
         let addr = format!("http://{}", self.grpc_addr);
@@ -940,10 +978,11 @@ impl Layout {
 
         if !self.extras.is_empty() {
             stack.tier();
-            for spec in &self.extras {
+            for (index, spec) in self.extras.iter().enumerate() {
                 let mut spec = spec.clone();
                 spec.env.push(("NATS_URL".into(), self.nats_url()));
-                spec.env.extend(self.role_env(&spec.name));
+                let env = self.role_env(&spec.name, ChildRole::Extra(index));
+                spec.env.extend(env);
                 stack.spawn(spec)?;
             }
         }
