@@ -16,6 +16,7 @@ use saga_ports::{Journal, Publisher};
 use saga_proto::{self as pb, Message};
 use saga_testkit::{NatsServer, ProcessGuard};
 
+pub mod otlp;
 pub mod prometheus;
 
 /// Partitions used by the tests.

@@ -186,6 +186,8 @@ mod otlp {
             .with_target("hyper_util", LevelFilter::OFF)
             .with_target("tonic", LevelFilter::OFF)
             .with_target("tower", LevelFilter::OFF)
+            // ractor's per-message actor spans: not the saga's transitions.
+            .with_target("ractor", LevelFilter::OFF)
             .with_target("opentelemetry", LevelFilter::OFF)
             .with_target("opentelemetry_sdk", LevelFilter::OFF)
             .with_target("opentelemetry_otlp", LevelFilter::OFF);
