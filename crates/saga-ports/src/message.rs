@@ -27,6 +27,8 @@ pub mod header {
     pub const REPLY_TO: &str = "Saga-Reply-To";
     /// W3C trace context.
     pub const TRACEPARENT: &str = "traceparent";
+    /// W3C trace state (vendor entries beside `traceparent`).
+    pub const TRACESTATE: &str = "tracestate";
     /// Dead letters: why.
     pub const DLQ_REASON: &str = "Saga-Dlq-Reason";
     /// Dead letters: original subject.
