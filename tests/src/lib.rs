@@ -550,7 +550,10 @@ impl Gateway {
         .expect("spawn saga-gateway");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while tokio::net::TcpStream::connect(&addr).await.is_err() {
-            assert!(process.is_running(), "saga-gateway {args:?} exited at start");
+            assert!(
+                process.is_running(),
+                "saga-gateway {args:?} exited at start"
+            );
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "saga-gateway on {addr} not listening within 30s"

@@ -185,12 +185,12 @@ async fn run(args: Args) -> Result<()> {
         return Ok(());
     }
 
+    let security = security(&args)?;
     args.metrics.install("saga-gateway")?;
     if args.metrics.enabled() {
         let sampler = saga_nats::sampler::SamplerSettings::new(args.partitions);
         saga_nats::sampler::spawn(js.clone(), sampler);
     }
-    let security = security(&args)?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(args.grpc_addr)

@@ -19,8 +19,8 @@
 //! It must not depend on the saga runtime, the local store or an actor framework: the
 //! runtime depends on the ports, and binaries wire this crate in.
 
-mod clock;
 pub mod auth;
+mod clock;
 mod connect;
 mod consumer;
 pub mod dead_letters;
