@@ -4,6 +4,7 @@
 # and 64 with one worker, then 1, 2 and 3 workers at concurrency 64. Prints one line
 # per run; docs/benchmarks.md records the figures.
 #   SAGAS=1000 scripts/bench.sh
+#   DEV_ARGS="--otel http://127.0.0.1:4317" CONCURRENCY=16 WORKERS= scripts/bench.sh   # traces exported
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bin=target/release
@@ -16,7 +17,7 @@ run() { # workers concurrency
     local workers="$1" concurrency="$2" dir
     dir="$(mktemp -d)"
     "${bin}/sagactl" dev --workers "${workers}" --nats-port "${nats_port}" --grpc-addr "${grpc}" \
-        --sagas-only --bank-addr "${bank}" --data-dir "${dir}" >"${dir}/dev.out" 2>&1 &
+        --sagas-only --bank-addr "${bank}" --data-dir "${dir}" ${DEV_ARGS:-} >"${dir}/dev.out" 2>&1 &
     local dev=$!
     for _ in $(seq 1 300); do
         grep -q "grpcurl" "${dir}/dev.out" 2>/dev/null && break
@@ -44,5 +45,5 @@ sys.exit(0 if len(shares) == int(sys.argv[1]) and owned and max(shares) - min(sh
     rm -rf "${dir}"
 }
 
-for c in ${CONCURRENCY:-1 16 64}; do run 1 "${c}"; done
-for w in ${WORKERS:-2 3}; do run "${w}" 64; done
+for c in ${CONCURRENCY-1 16 64}; do run 1 "${c}"; done
+for w in ${WORKERS-2 3}; do run "${w}" 64; done
