@@ -76,6 +76,7 @@ pub fn init(service: &str) -> Telemetry {
     } else {
         fmt::layer().with_target(false).boxed()
     };
+    #[cfg_attr(not(feature = "otlp"), allow(unused_mut))]
     let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> =
         vec![logs.with_filter(filter).boxed()];
     #[cfg(feature = "otlp")]
