@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "saga/v1/gateway.proto",
         "saga/es/v1/es.proto",
         "saga/es/v1/bank.proto",
+        "saga/es/v1/orders.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());

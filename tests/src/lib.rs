@@ -126,6 +126,8 @@ impl Stack {
         cmd.env("NATS_URL", self.nats.url())
             .env("DATA_DIR", self.data_dir(name))
             .env("RUST_LOG", "warn")
+            // The orders participant's gRPC API on a port of its own.
+            .env("ORDERS_GRPC_ADDR", "127.0.0.1:0")
             .args(args);
         ProcessGuard::spawn(&mut cmd).expect("spawn participant")
     }

@@ -419,7 +419,7 @@ pub async fn serve_on(
         tasks.push(task);
     }
     let balance = handles[ACCOUNT_BALANCE_VIEW].clone();
-    let control = tokio::spawn(crate::control::serve_control(
+    let control = tokio::spawn(saga_eventstore::control::serve_control(
         client,
         handles,
         stop_rx.clone(),

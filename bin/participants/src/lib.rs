@@ -1,7 +1,7 @@
 //! Example saga participants and the wiring their binaries share.
 //!
 //! Services: `inventory` (stock reservations), `payment` and `PaymentService` (charges
-//! and refunds), `orders` (confirmation), `FlightService` and `HotelService`
+//! and refunds), `orders` (the event-sourced Order aggregate, with its gRPC API in [`order_api`]), `FlightService` and `HotelService`
 //! (reservations). Each handler keeps its business state in its own sled trees and
 //! appends every effect to the `ledger` tree, so tests prove "no double effect" by
 //! counting entries ([`ledger::read_ledger`] once the process has stopped; the process
@@ -18,6 +18,7 @@ pub mod booking;
 pub mod inventory;
 mod json;
 pub mod ledger;
+pub mod order_api;
 pub mod orders;
 pub mod payload;
 pub mod payment;

@@ -116,25 +116,50 @@ pub async fn run(
     args: CommonArgs,
     services: Vec<(&str, Arc<dyn Handler>)>,
 ) -> anyhow::Result<()> {
-    args.metrics.install(name)?;
-    let knobs = args.knobs();
-    knobs.validate()?;
-    let data_dir = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("data").join(name));
+    let store = open_store(name, &args)?;
+    let client = connect(name, &args).await?;
+    run_on(name, args, store, client, services, shutdown_signal()).await
+}
+
+/// Opens the participant's sled database (`--data-dir`, default `data/<name>`).
+pub fn open_store(name: &str, args: &CommonArgs) -> anyhow::Result<ParticipantStore> {
+    let data_dir = data_dir(name, args);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
-    let store = ParticipantStore::open(&data_dir).with_context(|| {
+    ParticipantStore::open(&data_dir).with_context(|| {
         format!(
             "opening the store in {dir} (this participant's business data cannot be rebuilt \
              from the journal: if sled reports it corrupt, stop every copy of this service \
              and restore {dir} from a backup)",
             dir = data_dir.display()
         )
-    })?;
+    })
+}
 
-    let client = saga_nats::connect_as(&args.nats_url, name).await?;
+fn data_dir(name: &str, args: &CommonArgs) -> PathBuf {
+    args.data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("data").join(name))
+}
+
+/// Connects to NATS as `name` (the security settings come from the environment).
+pub async fn connect(name: &str, args: &CommonArgs) -> anyhow::Result<async_nats::Client> {
+    Ok(saga_nats::connect_as(&args.nats_url, name).await?)
+}
+
+/// [`run`] on an open store and connection, until `shutdown` resolves.
+pub async fn run_on(
+    name: &str,
+    args: CommonArgs,
+    store: ParticipantStore,
+    client: async_nats::Client,
+    services: Vec<(&str, Arc<dyn Handler>)>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    args.metrics.install(name)?;
+    let knobs = args.knobs();
+    knobs.validate()?;
+    let data_dir = data_dir(name, &args);
     let js = async_nats::jetstream::new(client.clone());
     let config = ProvisionConfig {
         partitions: args.partitions,
@@ -176,7 +201,7 @@ pub async fn run(
         ?knobs,
         "participant started"
     );
-    participant.run(shutdown_signal()).await?;
+    participant.run(shutdown).await?;
     let _ = client.flush().await;
 
     let entries = ledger::entries(store.db())?;

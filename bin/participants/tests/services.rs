@@ -319,20 +319,66 @@ fn payment_service_reads_struct_fields_for_the_travel_saga() {
     assert_eq!(entries[0].detail["customer_id"], "alice");
 }
 
-#[test]
-fn orders_confirm_once_and_reject_on_request() {
-    let orders = Svc::new("orders", Orders);
+impl<H: Handler> Svc<H> {
+    async fn apply_prepared(&self, cmd: &StepCommand) -> Applied {
+        self.store
+            .apply_prepared(self.service, &self.handler, cmd, NOW, WINDOW)
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn orders_confirm_once_ship_and_refuse_a_cancel_after_shipping() {
+    let orders = Svc::new("orders", Orders::in_memory());
     let confirm = cmd(
         "s1",
         "ConfirmOrder",
         "ConfirmOrder",
         false,
-        order("o-1", "c", &[], 1),
+        order("o-1", "c", &[("sku-1", 2)], 200),
     );
-    assert_eq!(ok_field(&orders.apply(&confirm), "order_id"), s("o-1"));
+    let first = orders.apply_prepared(&confirm).await;
+    assert!(matches!(first, Applied::Executed(_)), "{first:?}");
+    assert_eq!(ok_field(&first, "order_id"), s("o-1"));
+    assert_eq!(ok_field(&first, "status"), s("Confirmed"));
+    // OrderCreated and OrderConfirmed, appended together.
+    assert_eq!(ok_field(&first, "version"), Kind::NumberValue(2.0));
+    // The same command again is answered from the inbox.
+    assert!(matches!(
+        orders.apply_prepared(&confirm).await,
+        Applied::Recorded(_)
+    ));
+    // Another saga confirming the same order appends nothing.
     let mut again = confirm.clone();
     again.idempotency_key.push_str("#again");
-    assert!(matches!(orders.apply(&again), Applied::Executed(_)));
+    assert_eq!(
+        ok_field(&orders.apply_prepared(&again).await, "version"),
+        Kind::NumberValue(2.0)
+    );
+
+    let ship = cmd(
+        "s1",
+        "ShipOrder",
+        "ShipOrder",
+        false,
+        fields(&[("order_id", s("o-1")), ("tracking_number", s("TN-1"))]),
+    );
+    let shipped = orders.apply_prepared(&ship).await;
+    assert_eq!(ok_field(&shipped, "tracking_number"), s("TN-1"));
+    let cancel = cmd(
+        "s1",
+        "CancelOrder",
+        "CancelOrder",
+        false,
+        fields(&[("order_id", s("o-1")), ("reason", s("changed my mind"))]),
+    );
+    let refused = business_failure(&orders.apply_prepared(&cancel).await);
+    assert!(
+        refused.contains("OrderCancelled cannot follow OrderShipped"),
+        "{refused}"
+    );
+
     let rejected = cmd(
         "s2",
         "ConfirmOrder",
@@ -340,8 +386,39 @@ fn orders_confirm_once_and_reject_on_request() {
         false,
         order("reject-7", "c", &[], 1),
     );
-    assert!(business_failure(&orders.apply(&rejected)).starts_with("Order confirmation rejected"));
-    assert_eq!(kinds(&orders.ledger()), ["confirm"]);
+    assert!(business_failure(&orders.apply_prepared(&rejected).await)
+        .starts_with("Order confirmation rejected"));
+    let unknown = cmd("s3", "X", "Refund", false, order("o-2", "c", &[], 1));
+    assert!(matches!(
+        orders.apply_prepared(&unknown).await,
+        Applied::Rejected(_)
+    ));
+    assert_eq!(kinds(&orders.ledger()), ["confirm", "confirm", "ship"]);
+}
+
+#[tokio::test]
+async fn orders_refuse_to_confirm_a_cancelled_order_and_to_ship_an_unconfirmed_one() {
+    let orders = Svc::new("orders", Orders::in_memory());
+    let ship = cmd(
+        "s1",
+        "ShipOrder",
+        "ShipOrder",
+        false,
+        fields(&[("order_id", s("o-9"))]),
+    );
+    let refused = business_failure(&orders.apply_prepared(&ship).await);
+    assert!(
+        refused.contains("only a confirmed order ships"),
+        "{refused}"
+    );
+    let cancel = cmd(
+        "s2",
+        "CancelOrder",
+        "CancelOrder",
+        false,
+        fields(&[("order_id", s("o-9"))]),
+    );
+    assert!(business_failure(&orders.apply_prepared(&cancel).await).contains("never created"));
 }
 
 #[test]

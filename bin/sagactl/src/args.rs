@@ -315,6 +315,10 @@ pub struct DevArgs {
     /// Where the event-sourced `bank` service listens for gRPC (saga.es.v1.Bank).
     #[arg(long, default_value = "127.0.0.1:50061")]
     pub bank_addr: SocketAddr,
+    /// Where the event-sourced `orders` participant serves its gRPC API
+    /// (saga.es.v1.Orders: ShipOrder, CancelOrder, GetOrder, ListOrders).
+    #[arg(long, default_value = "127.0.0.1:50062")]
+    pub orders_addr: SocketAddr,
     /// The event catalog the consumers (notification, rewards, shipping) follow.
     #[arg(long, default_value = "events/order-events.yaml")]
     pub catalog: PathBuf,

@@ -69,6 +69,15 @@ pub async fn run(a: DevArgs) -> Result<ExitCode> {
             a.bank_addr
         );
     }
+    if a.orders_addr.port() == 0 || [a.grpc_addr, a.bank_addr].contains(&a.orders_addr) {
+        bail!("--orders-addr needs a port of its own (e.g. 127.0.0.1:50062)");
+    }
+    if port_in_use(a.orders_addr) {
+        bail!(
+            "orders address {} is in use (another orders participant?); pass --orders-addr",
+            a.orders_addr
+        );
+    }
     let mut layout = Layout::new(
         &a.stack,
         &PARTICIPANTS,
@@ -86,6 +95,7 @@ pub async fn run(a: DevArgs) -> Result<ExitCode> {
             .push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.clone()));
     }
     layout.metrics_base = a.metrics_port;
+    layout.orders_addr = Some(a.orders_addr);
     if a.secure {
         let roles = crate::natsauth::roles(&[], &[])?;
         let hosts = ["localhost".to_string(), "127.0.0.1".to_string()];
@@ -200,6 +210,10 @@ pub async fn run(a: DevArgs) -> Result<ExitCode> {
             a.bank_addr
         );
         sayln!("  NATS_URL={nats_url} sagactl es show BankAccount A1");
+        sayln!(
+            "  grpcurl -plaintext -d '{{\"status\":\"CONFIRMED\"}}' {} saga.es.v1.Orders/ListOrders",
+            a.orders_addr
+        );
         sayln!("  SAGA_GATEWAY=http://{grpc} sagactl dlq ls");
     }
     sayln!(

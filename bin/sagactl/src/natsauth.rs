@@ -104,6 +104,8 @@ pub fn roles(participants: &[String], consumers: &[String]) -> Result<Vec<Role>>
             roles.push(Role::Participant {
                 name: name.into(),
                 services: services.iter().map(|s| s.to_string()).collect(),
+                // The orders example keeps the event-sourced Order aggregate.
+                event_sourced: name == "orders",
             });
         }
     }
@@ -126,6 +128,7 @@ pub fn roles(participants: &[String], consumers: &[String]) -> Result<Vec<Role>>
         roles.push(Role::Participant {
             name: name.into(),
             services,
+            event_sourced: false,
         });
     }
     let consumers: Vec<String> = if consumers.is_empty() {

@@ -720,6 +720,8 @@ pub struct Layout {
     /// Children started last, once the gateway answers (event consumers, other
     /// services), each told the stack's NATS URL as `NATS_URL`.
     pub extras: Vec<Spec>,
+    /// Where the orders participant serves its gRPC API (`None`: a free port).
+    pub orders_addr: Option<SocketAddr>,
     /// One NATS user per role and TLS (`sagactl dev --secure`): the server runs with
     /// its `server.conf`, every child gets its role's credentials. `None`: the
     /// plaintext dev mode.
@@ -797,6 +799,7 @@ impl Layout {
             participant_args: Vec::new(),
             ready_timeout: Duration::from_secs(args.ready_timeout),
             extras: Vec::new(),
+            orders_addr: None,
             auth: None,
             child_env: Vec::new(),
             metrics_base: None,
@@ -929,6 +932,13 @@ impl Layout {
             let mut spec = Spec::new(name.as_str(), bin, args);
             spec.env
                 .extend(self.role_env(name, ChildRole::Participant(index)));
+            if name == "orders" {
+                // Its gRPC API: where `sagactl dev --orders-addr` says, else any free port.
+                let addr = self
+                    .orders_addr
+                    .map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
+                spec.env.push(("ORDERS_GRPC_ADDR".into(), addr));
+            }
             participants.push(stack.spawn(spec)?);
         }
 

@@ -26,6 +26,20 @@ pub fn definitions_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../aggregates")
 }
 
+/// `aggregates/order.yaml` as shipped, built into the binaries that use it.
+pub const ORDER_YAML: &str = include_str!("../../../aggregates/order.yaml");
+
+/// `aggregates/banking-account.yaml` as shipped.
+pub const BANKING_ACCOUNT_YAML: &str = include_str!("../../../aggregates/banking-account.yaml");
+
+/// Parses a definition's text (named `file` in errors) and checks its schemas against
+/// the Protobuf messages.
+pub fn parse_definition(file: &str, text: &str) -> Result<AggregateDefinition, DefinitionErrors> {
+    let loaded = definition::parse_aggregate(file, text)?;
+    check_against_proto(file, &loaded.definition)?;
+    Ok(loaded.definition)
+}
+
 /// Loads one shipped definition and checks its schemas against the Protobuf messages.
 pub fn load_definition(file_name: &str) -> Result<AggregateDefinition, DefinitionErrors> {
     let path = definitions_dir().join(file_name);

@@ -37,6 +37,19 @@ pub enum OrderCommand {
         /// When.
         at: u64,
     },
+    /// Creates the order when it does not exist yet, then confirms it: `OrderCreated`
+    /// (if needed) and `OrderConfirmed`, appended together. What a checkout saga's
+    /// `ConfirmOrder` step asks.
+    CreateAndConfirm {
+        /// Order id.
+        order_id: String,
+        /// Customer.
+        user_id: String,
+        /// Lines.
+        items: Vec<OrderLine>,
+        /// When.
+        at: u64,
+    },
     /// Confirms a created order.
     Confirm {
         /// When.
@@ -141,6 +154,9 @@ pub struct Order {
     pub items: Vec<OrderLine>,
     /// Status.
     pub status: OrderStatus,
+    /// When it was confirmed (ms since the epoch), once confirmed.
+    #[serde(default)]
+    pub confirmed_at: Option<u64>,
     /// Set once shipped.
     pub tracking_number: Option<String>,
     /// Set once cancelled.
@@ -180,6 +196,25 @@ impl Aggregate for Order {
                     self.user_id
                 ))),
             },
+            OrderCommand::CreateAndConfirm {
+                order_id,
+                user_id,
+                items,
+                at,
+            } => {
+                let mut events = self.handle(OrderCommand::Create {
+                    order_id,
+                    user_id,
+                    items,
+                    at,
+                })?;
+                let mut created = self.clone();
+                for e in &events {
+                    created.apply(e);
+                }
+                events.extend(created.handle(OrderCommand::Confirm { at })?);
+                Ok(events)
+            }
             OrderCommand::Confirm { at } => match self.status {
                 New => Err(DomainError::invariant(
                     CREATED_BEFORE_CONFIRMED,
@@ -243,7 +278,10 @@ impl Aggregate for Order {
                     .collect();
                 self.status = OrderStatus::Created;
             }
-            OrderEvent::Confirmed(_) => self.status = OrderStatus::Confirmed,
+            OrderEvent::Confirmed(e) => {
+                self.status = OrderStatus::Confirmed;
+                self.confirmed_at = Some(e.confirmed_at);
+            }
             OrderEvent::Shipped(e) => {
                 self.status = OrderStatus::Shipped;
                 self.tracking_number = Some(e.tracking_number.clone());

@@ -7,8 +7,8 @@ use saga_aggregates::order::{
     Order, OrderCommand, OrderEvent, OrderStatus, CREATED_BEFORE_CONFIRMED, NO_CANCEL_AFTER_SHIPPED,
 };
 use saga_aggregates::{load_definition, Money};
-use saga_eventstore::testing::AggregateTest;
 use saga_proto::es as pb;
+use saga_testkit::es::AggregateTest;
 
 fn opened(balance: &str) -> BankEvent {
     BankEvent::Opened(pb::AccountOpened {
@@ -180,7 +180,7 @@ fn a_schema_that_disagrees_with_the_protobuf_message_is_refused() {
 #[tokio::test]
 async fn the_projection_harness_rebuilds_the_balance_and_finds_1300_at_version_3() {
     use saga_aggregates::views::{account_balance, AccountBalanceView};
-    use saga_eventstore::testing::ProjectionTest;
+    use saga_testkit::es::ProjectionTest;
     use std::sync::Arc;
 
     let test = ProjectionTest::new(&load_definition("banking-account.yaml").unwrap())

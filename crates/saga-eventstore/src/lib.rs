@@ -10,6 +10,7 @@
 //! crates that use it.
 
 pub mod aggregate;
+pub mod control;
 pub mod definition;
 pub mod error;
 pub mod jetstream;

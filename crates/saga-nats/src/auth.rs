@@ -39,6 +39,9 @@ pub enum Role {
         name: String,
         /// The services it serves (`service:` of the saga definitions' steps).
         services: Vec<String>,
+        /// It also keeps event-sourced aggregates (the `orders` example): the event
+        /// store's stream and bucket, and the projection control subjects.
+        event_sourced: bool,
     },
     /// A choreography consumer `service` (consumer `evt-<service>` on `SAGA_EVENTS`).
     EventConsumer {
@@ -110,7 +113,11 @@ impl Role {
                 ]),
                 subscribe: vec![inbox],
             },
-            Role::Participant { services, .. } => {
+            Role::Participant {
+                services,
+                event_sourced,
+                ..
+            } => {
                 let mut publish = stream_reads();
                 for s in services {
                     publish.push(names::service_reply_pattern(s));
@@ -120,10 +127,12 @@ impl Role {
                         &names::service_consumer(s),
                     ));
                 }
-                Permissions {
-                    publish,
-                    subscribe: vec![inbox],
+                let mut subscribe = vec![inbox];
+                if *event_sourced {
+                    publish.extend(event_store_api());
+                    subscribe.push(PROJECTION_CONTROL.into());
                 }
+                Permissions { publish, subscribe }
             }
             Role::EventConsumer { service } => {
                 let mut publish = stream_reads();
@@ -138,30 +147,53 @@ impl Role {
                     subscribe: vec![inbox],
                 }
             }
-            Role::Bank => {
-                let mut publish = own(&["$JS.API.INFO", "es.>", "$JS.FC.>"]);
-                for stream in ["ES_EVENTS", "KV_ES_SNAPSHOTS"] {
-                    for api in ["STREAM.CREATE", "STREAM.UPDATE", "STREAM.INFO"] {
-                        publish.push(format!("$JS.API.{api}.{stream}"));
-                    }
-                    publish.push(format!("$JS.API.CONSUMER.*.{stream}"));
-                    publish.push(format!("$JS.API.CONSUMER.*.{stream}.>"));
-                    publish.push(format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.>"));
-                    publish.push(format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.>"));
-                    publish.push(format!("$JS.API.DIRECT.GET.{stream}"));
-                    publish.push(format!("$JS.API.DIRECT.GET.{stream}.>"));
-                    publish.push(format!("$JS.API.STREAM.MSG.GET.{stream}"));
-                    publish.push(format!("$JS.ACK.{stream}.>"));
-                }
-                publish.push("$KV.ES_SNAPSHOTS.>".into());
-                Permissions {
-                    publish,
-                    // `sagactl projection status|rebuild` ask it there (request-reply).
-                    subscribe: vec![inbox, "es-ctl.projection.*.*".into()],
-                }
-            }
+            Role::Bank => Permissions {
+                publish: event_store_api(),
+                // `sagactl projection status|rebuild` ask it there (request-reply).
+                subscribe: vec![inbox, PROJECTION_CONTROL.into()],
+            },
         }
     }
+
+    /// Whether it answers requests made to it (projection control, operators' tools).
+    fn answers_requests(&self) -> bool {
+        matches!(
+            self,
+            Role::Operator
+                | Role::Bank
+                | Role::Participant {
+                    event_sourced: true,
+                    ..
+                }
+        )
+    }
+}
+
+/// Where `sagactl projection status|rebuild` asks the services that run projections.
+const PROJECTION_CONTROL: &str = "es-ctl.projection.*.*";
+
+/// The event store's stream `ES_EVENTS` and snapshot bucket `ES_SNAPSHOTS`: create or
+/// update them, append, read (consumers, direct gets) and keep snapshots.
+fn event_store_api() -> Vec<String> {
+    let mut publish: Vec<String> = ["$JS.API.INFO", "es.>", "$JS.FC.>"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for stream in ["ES_EVENTS", "KV_ES_SNAPSHOTS"] {
+        for api in ["STREAM.CREATE", "STREAM.UPDATE", "STREAM.INFO"] {
+            publish.push(format!("$JS.API.{api}.{stream}"));
+        }
+        publish.push(format!("$JS.API.CONSUMER.*.{stream}"));
+        publish.push(format!("$JS.API.CONSUMER.*.{stream}.>"));
+        publish.push(format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.>"));
+        publish.push(format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.>"));
+        publish.push(format!("$JS.API.DIRECT.GET.{stream}"));
+        publish.push(format!("$JS.API.DIRECT.GET.{stream}.>"));
+        publish.push(format!("$JS.API.STREAM.MSG.GET.{stream}"));
+        publish.push(format!("$JS.ACK.{stream}.>"));
+    }
+    publish.push("$KV.ES_SNAPSHOTS.>".into());
+    publish
 }
 
 /// Reading the configuration of the saga streams (what provisioning checks before it
@@ -217,9 +249,9 @@ impl Users {
                 "        subscribe: {{ allow: {} }}",
                 list(&p.subscribe)
             );
-            // Replies to requests made *to* this user: the bank answers projection
-            // control requests; operators' tools (`nats req`) may answer too.
-            if matches!(role, Role::Operator | Role::Bank) {
+            // Replies to requests made *to* this user: the services that run
+            // projections answer control requests; operators' tools (`nats req`) too.
+            if role.answers_requests() {
                 let _ = writeln!(out, "        allow_responses: true");
             }
             let _ = writeln!(out, "      }}");
@@ -243,6 +275,7 @@ mod tests {
         Role::Participant {
             name: "payment".into(),
             services: vec!["payment".into(), "PaymentService".into()],
+            event_sourced: false,
         }
     }
 

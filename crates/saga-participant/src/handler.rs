@@ -1,6 +1,7 @@
 //! What a service implements: a [`Handler`] that runs inside the sled transaction
 //! which also records its reply in the inbox.
 
+use async_trait::async_trait;
 use saga_core::Timestamp;
 use saga_proto::{Payload, StepCommand};
 use sled::transaction::{TransactionalTree, UnabortableTransactionError};
@@ -63,9 +64,25 @@ impl std::fmt::Display for Abort {
 /// the effect and the reply can never lead to a second effect. sled re-runs the closure
 /// on a conflict, so `handle` must be pure apart from writes through the [`Tx`]: no
 /// I/O, no clocks (use [`Tx::now`]), no randomness, no counters outside sled.
+///
+/// A service whose effect lives outside sled (an event store, another database)
+/// performs it in [`Handler::prepare`], which runs before the transaction, and `handle`
+/// then records the answer it finds in [`Tx::prepared`]. Such an effect must be
+/// idempotent per command: a crash after it and before the reply is recorded runs
+/// `prepare` again on the redelivery (e.g. events with ids derived from the command, or
+/// a state machine that answers "already done").
+#[async_trait]
 pub trait Handler: Send + Sync + 'static {
     /// Names of the sled trees `handle` uses (the participant opens them).
     fn trees(&self) -> &[&str];
+
+    /// Work outside sled, before the transaction; its answer reaches `handle` as
+    /// [`Tx::prepared`]. Runs only for a command the inbox does not answer. The default
+    /// does nothing.
+    async fn prepare(&self, cmd: &StepCommand, now: Timestamp) -> Result<Option<Reply>, Abort> {
+        let _ = (cmd, now);
+        Ok(None)
+    }
 
     /// Executes `cmd.action`. Return `Err(Abort::Reject(..))` for an action the service
     /// does not know.
@@ -75,6 +92,7 @@ pub trait Handler: Send + Sync + 'static {
 /// Transactional access to a handler's own trees, by name.
 pub struct Tx<'a> {
     now: Timestamp,
+    prepared: Option<&'a Reply>,
     names: &'a [String],
     trees: &'a [TransactionalTree],
     ids: &'a TransactionalTree,
@@ -100,10 +118,22 @@ impl<'a> Tx<'a> {
     ) -> Self {
         Self {
             now,
+            prepared: None,
             names,
             trees,
             ids,
         }
+    }
+
+    /// The same access, with the answer of [`Handler::prepare`].
+    pub fn with_prepared(mut self, prepared: Option<&'a Reply>) -> Self {
+        self.prepared = prepared;
+        self
+    }
+
+    /// What [`Handler::prepare`] answered for this command (`None` when it did nothing).
+    pub fn prepared(&self) -> Option<&Reply> {
+        self.prepared
     }
 
     /// When the command is being handled (the participant's clock; stable across

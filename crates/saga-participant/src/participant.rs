@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::dlq::{DeadLetters, PublishDeadLetters};
-use crate::handler::Handler;
+use crate::handler::{Abort, Handler};
 use crate::knobs::{FailureInjector, Knobs};
 use crate::store::{step_reply, ExecError, Executed, ParticipantStore, Run, ServiceTrees};
 use crate::ParticipantError;
@@ -431,12 +431,19 @@ async fn handle_command(sh: &Shared, svc: &Service, d: Delivery, cmd: StepComman
         return reply_then_ack(sh, d, &cmd, reply).await;
     }
 
+    // An effect outside sled (idempotent per command) runs before the transaction.
+    let prepared = match svc.handler.prepare(&cmd, now).await {
+        Ok(p) => p,
+        Err(Abort::Reject(reason)) => return dead_letter(sh, d, &reason).await,
+        Err(e) => return retry_or_dead_letter(sh, svc, d, &cmd, &e.to_string()).await,
+    };
     let run = Run {
         service: &svc.name,
         cmd: &cmd,
         now,
         window,
         crash: sh.knobs.crash_after_effect.as_ref(),
+        prepared: prepared.as_ref(),
     };
     let executed = sh.store.execute(&svc.trees, svc.handler.as_ref(), &run);
     match executed {

@@ -47,6 +47,8 @@ pub(crate) struct Run<'a> {
     pub(crate) now: Timestamp,
     pub(crate) window: Duration,
     pub(crate) crash: Option<&'a CrashAfterEffect>,
+    /// What [`Handler::prepare`] answered.
+    pub(crate) prepared: Option<&'a Reply>,
 }
 
 /// What one command's transaction decided.
@@ -216,7 +218,8 @@ impl ParticipantStore {
 
     /// Runs one command through the inbox and `handler` in one transaction, as the
     /// participant loop does, but flushes nothing and publishes nothing: for handler
-    /// tests and tools. `window` is the inbox window.
+    /// tests and tools. `window` is the inbox window. [`Handler::prepare`] is not run:
+    /// use [`ParticipantStore::apply_prepared`] for a handler that needs it.
     pub fn apply(
         &self,
         service: &str,
@@ -225,6 +228,39 @@ impl ParticipantStore {
         now: Timestamp,
         window: Duration,
     ) -> Result<Applied, ParticipantError> {
+        self.apply_with(service, handler, cmd, now, window, None)
+    }
+
+    /// [`ParticipantStore::apply`] preceded, when the inbox does not answer, by
+    /// [`Handler::prepare`] (as the participant loop runs it).
+    pub async fn apply_prepared(
+        &self,
+        service: &str,
+        handler: &dyn Handler,
+        cmd: &StepCommand,
+        now: Timestamp,
+        window: Duration,
+    ) -> Result<Applied, ParticipantError> {
+        if let Some(reply) = self.lookup(&inbox_key(service, cmd), now, window)? {
+            return Ok(Applied::Recorded(reply));
+        }
+        let prepared = match handler.prepare(cmd, now).await {
+            Ok(p) => p,
+            Err(Abort::Reject(reason)) => return Ok(Applied::Rejected(reason)),
+            Err(e) => return Ok(Applied::Retry(e.to_string())),
+        };
+        self.apply_with(service, handler, cmd, now, window, prepared.as_ref())
+    }
+
+    fn apply_with(
+        &self,
+        service: &str,
+        handler: &dyn Handler,
+        cmd: &StepCommand,
+        now: Timestamp,
+        window: Duration,
+        prepared: Option<&Reply>,
+    ) -> Result<Applied, ParticipantError> {
         let trees = self.service_trees(handler)?;
         let run = Run {
             service,
@@ -232,6 +268,7 @@ impl ParticipantStore {
             now,
             window,
             crash: None,
+            prepared,
         };
         Ok(match self.execute(&trees, handler, &run) {
             Ok(Executed::Recorded(reply)) => Applied::Recorded(reply),
@@ -288,6 +325,7 @@ impl ParticipantStore {
             now,
             window,
             crash,
+            prepared,
         } = *run;
         let key = inbox_key(service, cmd);
         let result = trees.all[..].transaction(|views| {
@@ -300,7 +338,7 @@ impl ParticipantStore {
                     Err(e) => return abort(TxAbort::Reject(e.to_string())),
                 }
             }
-            let tx = Tx::new(now, &trees.names, &views[3..], inbox);
+            let tx = Tx::new(now, &trees.names, &views[3..], inbox).with_prepared(prepared);
             let reply = match handler.handle(&tx, cmd) {
                 Ok(Reply::TechnicalFailure(reason)) => return abort(TxAbort::Technical(reason)),
                 // Every later command carries the result: one too large would make them

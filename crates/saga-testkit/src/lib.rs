@@ -20,6 +20,11 @@
 //! - **[`wait_until`]**: poll a condition with a deadline, instead of sleeping
 //!   and hoping.
 //!
+//! - **[`es`]**: the event-sourcing harness for aggregates and projections built on
+//!   `saga-eventstore`: given events / when command / then events or error
+//!   ([`es::AggregateTest`]), and projection tests that append, run, rebuild and
+//!   compare ([`es::ProjectionTest`]), on the in-memory twin of the store.
+//!
 //! It owns no NATS client: tests connect with whatever client the crate under
 //! test uses, to [`NatsServer::url`].
 //!
@@ -36,6 +41,7 @@
 
 mod binary;
 mod error;
+pub mod es;
 mod process;
 mod server;
 mod wait;

@@ -1,9 +1,15 @@
-//! Projection control on NATS: status and blue/green rebuild on request.
+//! Projection control on NATS: status and blue/green rebuild on request, answered by
+//! the service that runs the projections (`sagactl projection` asks).
+//!
+//! | NATS request subject                       | answer (JSON)                    |
+//! |--------------------------------------------|----------------------------------|
+//! | `es-ctl.projection.<name>.status`          | `{name, generation, checkpoint, lag, rebuilding}` |
+//! | `es-ctl.projection.<name>.rebuild`         | `{generation, checkpoint, took_ms}` or `{error}`  |
 
 use std::collections::BTreeMap;
 
+use crate::ProjectionHandle;
 use futures::StreamExt;
-use saga_eventstore::ProjectionHandle;
 use tokio::sync::watch;
 
 /// Subject prefix of the control requests (outside `es.>`, which the event stream owns).
