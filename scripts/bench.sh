@@ -12,12 +12,13 @@ sagas="${SAGAS:-1000}"
 nats_port="${NATS_PORT:-4334}"
 grpc="127.0.0.1:${GRPC_PORT:-50071}"
 bank="127.0.0.1:${BANK_PORT:-50072}"
+orders="127.0.0.1:${ORDERS_PORT:-50073}"
 
 run() { # workers concurrency
     local workers="$1" concurrency="$2" dir
     dir="$(mktemp -d)"
     "${bin}/sagactl" dev --workers "${workers}" --nats-port "${nats_port}" --grpc-addr "${grpc}" \
-        --sagas-only --bank-addr "${bank}" --data-dir "${dir}" ${DEV_ARGS:-} >"${dir}/dev.out" 2>&1 &
+        --sagas-only --bank-addr "${bank}" --orders-addr "${orders}" --data-dir "${dir}" ${DEV_ARGS:-} >"${dir}/dev.out" 2>&1 &
     local dev=$!
     for _ in $(seq 1 300); do
         grep -q "grpcurl" "${dir}/dev.out" 2>/dev/null && break

@@ -135,6 +135,8 @@ async fn each_role_does_its_job_and_a_participant_nothing_more() {
             ("SAGAS_DIR", sagas.clone()),
             ("PARTITIONS", partitions.clone()),
             ("SAGA_PARTITIONS", partitions.clone()),
+            // The orders participant's gRPC API on a port of its own.
+            ("ORDERS_GRPC_ADDR", "127.0.0.1:0".to_string()),
         ]
     };
     let _worker = spawn("saga-worker", &auth, "saga-worker", &common("worker"));

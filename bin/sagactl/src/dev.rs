@@ -234,6 +234,7 @@ pub async fn run(a: DevArgs) -> Result<ExitCode> {
         logs: logs.clone(),
         broken: broken.clone(),
         bank: a.bank_addr,
+        orders: a.orders_addr,
         nats_url: nats_url.clone(),
         grpc: grpc.clone(),
     };
@@ -338,6 +339,7 @@ struct DemoEnv {
     logs: std::path::PathBuf,
     broken: std::path::PathBuf,
     bank: SocketAddr,
+    orders: SocketAddr,
     nats_url: String,
     grpc: String,
 }
@@ -433,10 +435,10 @@ async fn demo(client: Client, env: &DemoEnv) -> Result<bool> {
             r.order_id,
             r.saga_id
         );
-        placed.push((case, r.saga_id));
+        placed.push((case, r.saga_id, r.order_id));
     }
     let deadline = Instant::now() + DEMO_DEADLINE;
-    let ends = futures::future::join_all(placed.iter().map(|(_, id)| {
+    let ends = futures::future::join_all(placed.iter().map(|(_, id, _)| {
         let mut c = client.clone();
         async move {
             let follow = Follow {
@@ -448,7 +450,7 @@ async fn demo(client: Client, env: &DemoEnv) -> Result<bool> {
     }))
     .await;
     let mut all_ok = true;
-    for ((case, _), end) in placed.iter().zip(ends) {
+    for ((case, _, _), end) in placed.iter().zip(ends) {
         let saga: Saga = end?;
         let ok = saga.state == case.expect as i32;
         all_ok &= ok;
@@ -467,12 +469,13 @@ async fn demo(client: Client, env: &DemoEnv) -> Result<bool> {
         sayln!("{}", render::saga(&saga).trim_end());
     }
     sayln!();
-    let alice = placed
+    let (alice, alice_order) = placed
         .first()
-        .map(|(_, id)| id.clone())
+        .map(|(_, id, order)| (id.clone(), order.clone()))
         .ok_or_else(|| anyhow!("no demo order"))?;
     all_ok &= choreography(client.clone(), env, &alice).await?;
     all_ok &= bank(env).await?;
+    all_ok &= orders(env, &alice_order).await?;
     Ok(all_ok)
 }
 
@@ -586,6 +589,89 @@ async fn choreography(mut client: Client, env: &DemoEnv, saga_id: &str) -> Resul
     );
     sayln!();
     Ok(ok && seen)
+}
+
+/// The Order aggregate behind the completed demo saga: read from OrderSummaryView,
+/// shipped, then a cancel refused by the invariant "OrderCancelled cannot follow
+/// OrderShipped".
+async fn orders(env: &DemoEnv, order_id: &str) -> Result<bool> {
+    use saga_proto::es::orders_client::OrdersClient;
+    use saga_proto::es::{CancelOrderRequest, GetOrderRequest, ShipOrderRequest};
+    let addr = format!("http://{}", env.orders);
+    let mut orders = OrdersClient::connect(addr.clone())
+        .await
+        .with_context(|| format!("connecting to the orders API at {addr}"))?;
+    sayln!(
+        "demo: event sourcing: order {order_id} (saga.es.v1.Orders on {})",
+        env.orders
+    );
+    let until = Instant::now() + Duration::from_secs(30);
+    let summary = loop {
+        let got = orders
+            .get_order(GetOrderRequest {
+                order_id: order_id.into(),
+            })
+            .await;
+        match got {
+            Ok(r) if r.get_ref().status != "CREATED" => break r.into_inner(),
+            Err(st) if st.code() != tonic::Code::NotFound => {
+                return Err(rpc_error("GetOrder", &st))
+            }
+            _ if Instant::now() > until => {
+                esayln!("demo:   order {order_id} never showed as confirmed in OrderSummaryView");
+                return Ok(false);
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    sayln!(
+        "demo:   OrderSummaryView: {} for {}, {} cents, version {} (view lag {})",
+        summary.status,
+        summary.customer_id,
+        summary.total_cents,
+        summary.version,
+        summary.lag
+    );
+    let shipped = orders
+        .ship_order(ShipOrderRequest {
+            order_id: order_id.into(),
+            tracking_number: format!("TRK-{order_id}"),
+        })
+        .await
+        .map_err(|st| rpc_error("ShipOrder", &st))?
+        .into_inner();
+    sayln!(
+        "demo:   ShipOrder -> {} (version {}{})",
+        shipped.status,
+        shipped.version,
+        if shipped.repeated {
+            ", already shipped"
+        } else {
+            ""
+        }
+    );
+    let refused = orders
+        .cancel_order(CancelOrderRequest {
+            order_id: order_id.into(),
+            reason: "changed my mind".into(),
+        })
+        .await;
+    let ok = match refused {
+        Err(st) if st.code() == tonic::Code::FailedPrecondition => {
+            sayln!("demo:   CancelOrder refused: {}", st.message());
+            true
+        }
+        other => {
+            esayln!("demo:   CancelOrder after shipping was not refused: {other:?}");
+            false
+        }
+    };
+    sayln!(
+        "demo:   (NATS_URL={} sagactl es show Order {order_id})",
+        env.nats_url
+    );
+    sayln!();
+    Ok(ok)
 }
 
 /// The BankAccount of the design documents: open with 1000, deposit 500, withdraw 200,

@@ -56,15 +56,13 @@ fn prerequisites(sagactl: &Path) {
 }
 
 /// Three distinct free ports (all held while the next is picked): NATS, gateway, bank.
-fn free_ports() -> (u16, u16, u16) {
-    let a = TcpListener::bind("127.0.0.1:0").unwrap();
-    let b = TcpListener::bind("127.0.0.1:0").unwrap();
-    let c = TcpListener::bind("127.0.0.1:0").unwrap();
-    (
-        a.local_addr().unwrap().port(),
-        b.local_addr().unwrap().port(),
-        c.local_addr().unwrap().port(),
-    )
+/// Ports for nats, the gateway, the bank and the orders API.
+fn free_ports() -> (u16, u16, u16, u16) {
+    let ls: Vec<TcpListener> = (0..4)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let p = |i: usize| ls[i].local_addr().unwrap().port();
+    (p(0), p(1), p(2), p(3))
 }
 
 fn run_to_end(cmd: Command) -> std::process::Output {
@@ -80,7 +78,7 @@ fn dev_demo_runs_the_stack_and_leaves_no_child_behind() {
     let sagactl = PathBuf::from(env!("CARGO_BIN_EXE_sagactl"));
     prerequisites(&sagactl);
     let data = tempfile::tempdir().unwrap();
-    let (nats_port, grpc_port, bank_port) = free_ports();
+    let (nats_port, grpc_port, bank_port, orders_port) = free_ports();
     let grpc = format!("127.0.0.1:{grpc_port}");
 
     let mut cmd = Command::new(&sagactl);
@@ -90,6 +88,8 @@ fn dev_demo_runs_the_stack_and_leaves_no_child_behind() {
         .arg(&grpc)
         .arg("--bank-addr")
         .arg(format!("127.0.0.1:{bank_port}"))
+        .arg("--orders-addr")
+        .arg(format!("127.0.0.1:{orders_port}"))
         .arg("--data-dir")
         .arg(data.path())
         .current_dir(repo_root())
@@ -131,6 +131,11 @@ fn dev_demo_runs_the_stack_and_leaves_no_child_behind() {
         "demo:   rewards: handled the redriven OrderConfirmed: points awarded",
         // The BankAccount of the design documents.
         "demo:   AccountBalanceView: balance 1300.00 at version 3",
+        // The Order aggregate of the completed order.
+        "demo:   OrderSummaryView: CONFIRMED for alice, 1500 cents, version 2",
+        "demo:   ShipOrder -> SHIPPED (version 3)",
+        "demo:   CancelOrder refused: the order shipped",
+        "(invariant: OrderCancelled cannot follow OrderShipped)",
     ] {
         assert!(stdout.contains(want), "`{want}` not in the output:\n{all}");
     }
@@ -184,7 +189,7 @@ impl DevRun {
         let sagactl = sagactl();
         prerequisites(&sagactl);
         let data = tempfile::tempdir().unwrap();
-        let (nats_port, grpc_port, bank_port) = free_ports();
+        let (nats_port, grpc_port, bank_port, orders_port) = free_ports();
         let grpc = format!("127.0.0.1:{grpc_port}");
         let mut child = Command::new(&sagactl)
             .args(["dev", "--nats-port"])
@@ -193,6 +198,8 @@ impl DevRun {
             .arg(&grpc)
             .arg("--bank-addr")
             .arg(format!("127.0.0.1:{bank_port}"))
+            .arg("--orders-addr")
+            .arg(format!("127.0.0.1:{orders_port}"))
             .arg("--data-dir")
             .arg(data.path())
             .args(extra)
