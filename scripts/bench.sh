@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs `sagactl bench` against a local release stack (`sagactl dev --sagas-only`: no
 # event consumers, no bank): concurrency 1, 16
-# and 64 with one worker, then 1, 2 and 3 workers at concurrency 64. Prints one line
-# per run; docs/benchmarks.md records the figures.
+# and 64 with one worker, then 1, 2 and 3 workers at concurrency 64. Prints, per run,
+# throughput, latency, durable JetStream writes per saga, the server's raw fsynced
+# append rate measured in the same run and the bound it gives, and CPU ms per saga of
+# every process; docs/benchmarks.md records the figures.
 #   SAGAS=1000 scripts/bench.sh
 #   DEV_ARGS="--otel http://127.0.0.1:4317" CONCURRENCY=16 WORKERS= scripts/bench.sh   # traces exported
 set -euo pipefail
@@ -37,9 +39,10 @@ sys.exit(0 if len(shares) == int(sys.argv[1]) and owned and max(shares) - min(sh
 ' "${workers}" && break
         sleep 0.2
     done
-    printf 'workers=%s concurrency=%s: ' "${workers}" "${concurrency}"
-    "${bin}/sagactl" --gateway "http://${grpc}" bench --sagas "${sagas}" --concurrency "${concurrency}" 2>/dev/null \
-        | grep -E 'sagas/s|p50|COMPLETED|COMPENSATED|FAILED' | tr '\n' ' '
+    printf 'workers=%s concurrency=%s:\n' "${workers}" "${concurrency}"
+    "${bin}/sagactl" --gateway "http://${grpc}" bench --sagas "${sagas}" --concurrency "${concurrency}" \
+        --nats-url "nats://127.0.0.1:${nats_port}" --raw --dev-data-dir "${dir}" 2>/dev/null \
+        | grep -E 'sagas/s|p50|COMPLETED|COMPENSATED|FAILED|^writes|^raw|^bound|^cpu' | sed 's/^/    /'
     echo
     kill -TERM "${dev}"
     wait "${dev}" || true

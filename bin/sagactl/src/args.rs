@@ -128,6 +128,23 @@ pub struct WaitArgs {
     /// Give up waiting after this many seconds.
     #[arg(long, default_value_t = 120, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
+    /// The stack's NATS server: count the durable (fsynced) writes per saga from every
+    /// stream's sequence before and after the run.
+    #[arg(long, value_name = "URL")]
+    pub nats_url: Option<String>,
+    /// Also measure the server's raw fsynced append rate in the same run (needs
+    /// --nats-url) and report the broker's bound: that rate / writes per saga.
+    #[arg(long, requires = "nats_url")]
+    pub raw: bool,
+    /// Messages of the --raw measure, and how many await their ack at once.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub raw_messages: u64,
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub raw_window: u64,
+    /// The data directory of a running `sagactl dev` stack: report CPU seconds per saga
+    /// and resident memory of each of its processes.
+    #[arg(long, value_name = "DIR")]
+    pub dev_data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -277,6 +294,23 @@ pub struct BenchArgs {
     /// A saga not terminal after this many seconds counts as timed out.
     #[arg(long, default_value_t = 120, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
+    /// The stack's NATS server: count the durable (fsynced) writes per saga from every
+    /// stream's sequence before and after the run.
+    #[arg(long, value_name = "URL")]
+    pub nats_url: Option<String>,
+    /// Also measure the server's raw fsynced append rate in the same run (needs
+    /// --nats-url) and report the broker's bound: that rate / writes per saga.
+    #[arg(long, requires = "nats_url")]
+    pub raw: bool,
+    /// Messages of the --raw measure, and how many await their ack at once.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub raw_messages: u64,
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub raw_window: u64,
+    /// The data directory of a running `sagactl dev` stack: report CPU seconds per saga
+    /// and resident memory of each of its processes.
+    #[arg(long, value_name = "DIR")]
+    pub dev_data_dir: Option<PathBuf>,
 }
 
 /// What a local stack is made of, for `dev` and `chaos`.

@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::args::BenchArgs;
+use crate::bench_probe;
 use crate::client::{connect, rpc_error, Client};
 use crate::output::outln;
 use crate::render::state_name;
@@ -101,6 +102,24 @@ pub async fn run(gateway: &str, out: Output, a: BenchArgs) -> Result<ExitCode> {
         timeout: Duration::from_secs(a.timeout),
     };
 
+    let js = match &a.nats_url {
+        Some(url) => Some(async_nats::jetstream::new(
+            saga_nats::connect_as(url, "sagactl-bench")
+                .await
+                .with_context(|| format!("connecting to NATS at {url}"))?,
+        )),
+        None => None,
+    };
+    let children = match &a.dev_data_dir {
+        Some(dir) => bench_probe::dev_children(dir).await?,
+        None => BTreeMap::new(),
+    };
+    let seq_before = match &js {
+        Some(js) => Some(bench_probe::stream_sequences(js).await?),
+        None => None,
+    };
+    let usage_before = bench_probe::usage_of(&children);
+
     let bar = ProgressBar::new(a.sagas);
     bar.set_style(
         ProgressStyle::with_template(
@@ -152,8 +171,43 @@ pub async fn run(gateway: &str, out: Output, a: BenchArgs) -> Result<ExitCode> {
     driver.await.context("bench driver")?;
     let elapsed = started.elapsed();
     bar.finish_and_clear();
+    let usage_after = bench_probe::usage_of(&children);
+    let writes = match (&js, &seq_before) {
+        (Some(js), Some(before)) => Some(bench_probe::moved(
+            before,
+            &bench_probe::stream_sequences(js).await?,
+        )),
+        _ => None,
+    };
+    // Measured after the run, on the same server, so the two figures share a day.
+    let raw = match (&js, a.raw) {
+        (Some(js), true) => Some(
+            bench_probe::raw_append_rate(
+                js,
+                a.raw_messages,
+                usize::try_from(a.raw_window).unwrap_or(usize::MAX),
+                256,
+            )
+            .await?,
+        ),
+        _ => None,
+    };
 
     let terminal: u64 = states.values().sum();
+    let per_saga = |n: u64| n as f64 / terminal.max(1) as f64;
+    let writes_per_saga = writes.as_ref().map(|w| per_saga(w.values().sum()));
+    let bound = match (raw, writes_per_saga) {
+        (Some(r), Some(w)) if w > 0.0 => Some(r / w),
+        _ => None,
+    };
+    let cpu: BTreeMap<String, f64> = usage_after
+        .iter()
+        .map(|(name, after)| {
+            let before = usage_before.get(name).map_or(Duration::ZERO, |u| u.cpu);
+            let secs = after.cpu.saturating_sub(before).as_secs_f64();
+            (name.clone(), secs * 1000.0 / terminal.max(1) as f64)
+        })
+        .collect();
     let throughput = terminal as f64 / elapsed.as_secs_f64().max(1e-9);
     let ms = |us: u64| us as f64 / 1000.0;
     let (p50, p90, p99, max, mean) = if hist.is_empty() {
@@ -180,6 +234,15 @@ pub async fn run(gateway: &str, out: Output, a: BenchArgs) -> Result<ExitCode> {
             "timedOut": timed_out,
             "errors": errors,
             "errorSamples": error_samples,
+            "durableWritesPerSaga": writes_per_saga,
+            "durableWritesByStream": writes.as_ref().map(|w| w
+                .iter()
+                .map(|(k, v)| (k.clone(), per_saga(*v)))
+                .collect::<BTreeMap<_, _>>()),
+            "rawAppendsPerSec": raw,
+            "brokerBoundSagasPerSec": bound,
+            "cpuMsPerSaga": cpu,
+            "rssBytes": usage_after.iter().map(|(k, u)| (k.clone(), u.rss)).collect::<BTreeMap<_, _>>(),
         }));
     } else {
         let mode = match a.rate {
@@ -203,6 +266,39 @@ pub async fn run(gateway: &str, out: Output, a: BenchArgs) -> Result<ExitCode> {
         outln!("outcomes    {}", counts.join(", "));
         for e in &error_samples {
             outln!("  error: {e}");
+        }
+        if let (Some(w), Some(by)) = (writes_per_saga, &writes) {
+            let parts: Vec<String> = by
+                .iter()
+                .map(|(k, v)| format!("{k} {:.2}", per_saga(*v)))
+                .collect();
+            outln!(
+                "writes      {w:.2} durable JetStream writes per saga ({})",
+                parts.join(", ")
+            );
+        }
+        if let Some(r) = raw {
+            outln!(
+                "raw         {r:.0} fsynced appends/s on the same server ({} in flight)",
+                a.raw_window
+            );
+        }
+        if let Some(b) = bound {
+            outln!(
+                "bound       {b:.1} sagas/s from the broker alone; this run is {:.0} % of it",
+                throughput / b * 100.0
+            );
+        }
+        if !cpu.is_empty() {
+            let parts: Vec<String> = cpu.iter().map(|(k, ms)| format!("{k} {ms:.2}")).collect();
+            outln!("cpu         ms per saga: {}", parts.join(", "));
+            let total: f64 = cpu.values().sum();
+            outln!("cpu total   {total:.2} ms per saga");
+            let rss: Vec<String> = usage_after
+                .iter()
+                .map(|(k, u)| format!("{k} {:.1}", u.rss as f64 / 1_048_576.0))
+                .collect();
+            outln!("rss         MiB at the end: {}", rss.join(", "));
         }
     }
     Ok(if timed_out + errors > 0 {

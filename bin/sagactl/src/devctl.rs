@@ -154,7 +154,7 @@ async fn answer_one(stream: UnixStream, calls: mpsc::Sender<Call>) -> Result<()>
 }
 
 /// Sends one request to the stack in `data` and returns its answer.
-async fn ask(data: &Path, request: &Request) -> Result<Answer> {
+pub async fn ask(data: &Path, request: &Request) -> Result<Answer> {
     let path = socket_path(data);
     let stream = UnixStream::connect(&path).await.map_err(|e| {
         anyhow!(

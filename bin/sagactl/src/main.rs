@@ -15,6 +15,7 @@ use clap::Parser;
 
 mod args;
 mod bench;
+mod bench_probe;
 mod chaos;
 mod client;
 mod cluster;
