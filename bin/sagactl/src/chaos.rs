@@ -310,7 +310,7 @@ async fn chaos(
         .await
         .map(async_nats::jetstream::new)
         .with_context(|| format!("connecting to NATS at {nats_url}"));
-    let (events, events_error, dead_letters) = match js {
+    let (events, events_error, dead_letters, order_events) = match js {
         Ok(js) => {
             let (events, error) = match gather::events(&js, &q.sagas, EVENTS_SETTLE).await {
                 Ok(e) => (e, None),
@@ -319,9 +319,17 @@ async fn chaos(
             let dead = gather::dead_letters(&js)
                 .await
                 .map_err(|e| format!("{e:#}"));
-            (events, error, dead)
+            let order_events = gather::order_events(&js)
+                .await
+                .map_err(|e| format!("{e:#}"));
+            (events, error, dead, order_events)
         }
-        Err(e) => (Vec::new(), Some(format!("{e:#}")), Err(format!("{e:#}"))),
+        Err(e) => (
+            Vec::new(),
+            Some(format!("{e:#}")),
+            Err(format!("{e:#}")),
+            Err(format!("{e:#}")),
+        ),
     };
 
     // The ledgers are sled databases their participants hold open: stop everything.
@@ -343,6 +351,8 @@ async fn chaos(
         events,
         events_error,
         ledgers,
+        order_events_error: order_events.as_ref().err().cloned(),
+        order_events: order_events.unwrap_or_default(),
         cancel_journals,
         exits: exits.clone(),
     };

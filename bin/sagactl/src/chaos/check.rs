@@ -109,6 +109,10 @@ pub struct Observed {
     pub events_error: Option<String>,
     /// Each participant's ledger (or why it could not be read).
     pub ledgers: Vec<(String, Result<Vec<LedgerEntry>, String>)>,
+    /// The events of the event-sourced orders: (type, causing saga).
+    pub order_events: Vec<(String, String)>,
+    /// Why they could not be read, if they could not.
+    pub order_events_error: Option<String>,
     /// Where the journal of each saga cancelled while running has the cancel.
     pub cancel_journals: BTreeMap<String, Result<CancelJournal, String>>,
     pub exits: Vec<UnexpectedExit>,
@@ -287,12 +291,24 @@ fn ledgers_net_out(o: &Observed) -> Verdict {
             *totals.entry(e.kind.as_str()).or_default() += 1;
         }
     }
+    // The orders participant's effect is its Order stream: one OrderConfirmed per
+    // completed saga, none for the others, whatever its ledger says.
+    let mut stream_confirms: BTreeMap<&str, i64> = BTreeMap::new();
+    for (kind, saga) in &o.order_events {
+        if kind == "OrderConfirmed" {
+            *stream_confirms.entry(saga.as_str()).or_default() += 1;
+        }
+    }
+    if let Some(e) = &o.order_events_error {
+        problems.push(format!("the Order event streams unreadable: {e}"));
+    }
     let mut unchecked = 0usize;
     let ids: BTreeSet<&str> = o
         .sagas
         .keys()
         .map(String::as_str)
         .chain(per_saga.keys().copied())
+        .chain(stream_confirms.keys().copied())
         .collect();
     for id in ids {
         let fx = per_saga.get(id).copied().unwrap_or_default();
@@ -313,6 +329,13 @@ fn ledgers_net_out(o: &Observed) -> Verdict {
             .iter()
             .any(|n| *n > 1);
         let net = (fx.reserve - fx.release, fx.charge - fx.refund, fx.confirm);
+        let in_stream = stream_confirms.get(id).copied().unwrap_or(0);
+        if o.order_events_error.is_none() && in_stream != want {
+            problems.push(format!(
+                "saga {id} ({}): {in_stream} OrderConfirmed in its Order stream",
+                state_name(o.sagas[id])
+            ));
+        }
         if doubled || net != (want, want, want) {
             problems.push(format!(
                 "saga {id} ({}): reserve {} release {} charge {} refund {} confirm {}",
@@ -333,6 +356,10 @@ fn ledgers_net_out(o: &Observed) -> Verdict {
     if count.is_empty() {
         count = "no effects".into();
     }
+    let in_streams: i64 = stream_confirms.values().sum();
+    count.push_str(&format!(
+        "; OrderConfirmed in the Order streams {in_streams}"
+    ));
     if unchecked > 0 {
         count.push_str(&format!("; {unchecked} sagas not terminal, not checked"));
     }
@@ -587,6 +614,11 @@ mod tests {
                 ("payment".into(), Ok(vec![entry("charge", "s1")])),
                 ("orders".into(), Ok(vec![entry("confirm", "s1")])),
             ],
+            order_events: vec![
+                ("OrderCreated".into(), "s1".into()),
+                ("OrderConfirmed".into(), "s1".into()),
+            ],
+            order_events_error: None,
             cancel_journals: BTreeMap::new(),
             exits: Vec::new(),
             events_error: None,
@@ -625,6 +657,18 @@ mod tests {
         let mut o = clean();
         o.events.push(event("events.orders.OrderConfirmed", "s1"));
         assert_eq!(failed(&o), [ONE_EVENT]);
+
+        // The Order stream of a completed saga confirmed twice, or a compensated
+        // saga's order confirmed: the orders participant's effect broke.
+        let mut o = clean();
+        o.order_events.push(("OrderConfirmed".into(), "s1".into()));
+        assert_eq!(failed(&o), [LEDGERS_NET_OUT]);
+        let mut o = clean();
+        o.order_events.push(("OrderConfirmed".into(), "s2".into()));
+        assert_eq!(failed(&o), [LEDGERS_NET_OUT]);
+        let mut o = clean();
+        o.order_events_error = Some("no stream".into());
+        assert_eq!(failed(&o), [LEDGERS_NET_OUT]);
 
         let mut o = clean();
         o.events[1].saga_id = None;

@@ -251,11 +251,14 @@ pub async fn cancel_journals(
 
 /// Subject and headers of every message of `stream` from sequence `from` up to its last
 /// message now, and the sequence to read from next time.
+/// Subject, headers and payload of a message read.
+type Read = (String, Option<HeaderMap>, bytes::Bytes);
+
 async fn read_stream(
     js: &async_nats::jetstream::Context,
     name: &str,
     from: u64,
-) -> Result<(Vec<(String, Option<HeaderMap>)>, u64)> {
+) -> Result<(Vec<Read>, u64)> {
     let mut stream = js
         .get_stream(name)
         .await
@@ -294,7 +297,7 @@ async fn read_stream(
             .info()
             .map_err(|e| anyhow::anyhow!("metadata of a message of {name}: {e}"))?
             .stream_sequence;
-        out.push((m.subject.to_string(), m.headers.clone()));
+        out.push((m.subject.to_string(), m.headers.clone(), m.payload.clone()));
         if seq >= last {
             return Ok((out, last + 1));
         }
@@ -305,6 +308,26 @@ fn header(h: &Option<HeaderMap>, name: &str) -> Option<String> {
     h.as_ref()
         .and_then(|h| h.get(name))
         .map(|v| v.as_str().to_string())
+}
+
+/// The events of the Order aggregates (`ES_EVENTS`, `es.Order.*`): (event type,
+/// correlation id = the saga that caused it). No stream yet: none.
+pub async fn order_events(js: &async_nats::jetstream::Context) -> Result<Vec<(String, String)>> {
+    use saga_proto::Message as _;
+    if js.get_stream("ES_EVENTS").await.is_err() {
+        return Ok(Vec::new());
+    }
+    let (all, _) = read_stream(js, "ES_EVENTS", 1).await?;
+    let mut out = Vec::new();
+    for (subject, _, payload) in all {
+        if !subject.starts_with("es.Order.") {
+            continue;
+        }
+        let e = saga_proto::es::EventEnvelope::decode(payload.as_ref())
+            .with_context(|| format!("an event on {subject}"))?;
+        out.push((e.event_type, e.correlation_id));
+    }
+    Ok(out)
 }
 
 /// Reads SAGA_EVENTS until every COMPLETED and COMPENSATED saga has an event (their
@@ -325,7 +348,7 @@ pub async fn events(
     loop {
         let (new, from) = read_stream(js, EVENTS_STREAM, next).await?;
         next = from;
-        for (subject, headers) in new {
+        for (subject, headers, _) in new {
             let saga_id = header(&headers, SAGA_ID_HEADER);
             if let Some(id) = &saga_id {
                 waiting.remove(id.as_str());
@@ -346,7 +369,7 @@ pub async fn dead_letters(
 ) -> Result<BTreeMap<String, (u64, String)>> {
     let (all, _) = read_stream(js, DLQ_STREAM, 1).await?;
     let mut out: BTreeMap<String, (u64, String)> = BTreeMap::new();
-    for (subject, headers) in all {
+    for (subject, headers, _) in all {
         let saga = header(&headers, SAGA_ID_HEADER).unwrap_or_default();
         let mut reason = header(&headers, DLQ_REASON_HEADER)
             .unwrap_or_else(|| format!("(no reason; {subject})"));
