@@ -4,18 +4,45 @@
 //! | what                 | where                                                  |
 //! |----------------------|--------------------------------------------------------|
 //! | event                | `ES_EVENTS`, subject `es.<aggregate>.<id>`, payload `saga.es.v1.EventEnvelope` |
-//! | expected version     | header `Nats-Expected-Last-Subject-Sequence` (0 = create only) |
+//! | expected version     | header `Nats-Expected-Last-Subject-Sequence` (0 = create only), on the first event of an append |
+//! | several events       | one atomic batch (ADR-50, `allow_atomic`): headers `Nats-Batch-Id`, `Nats-Batch-Sequence`, `Nats-Batch-Commit: 1` on the last |
 //! | idempotent retry     | header `Nats-Msg-Id` = `<aggregate>.<id>.<event id>`   |
-//! | snapshot             | KV `ES_SNAPSHOTS`, key `<aggregate>.<id>`, `saga.es.v1.SnapshotRecord` |
+//! | snapshot             | KV `ES_SNAPSHOTS` (history 1), key `<aggregate>.<id>`, `saga.es.v1.SnapshotRecord` |
+//!
+//! # Atomic appends
+//!
+//! An append of two or more events is one JetStream atomic batch (nats-server 2.12):
+//! the server stages the messages and stores all of them, contiguously, when the commit
+//! message arrives and every check passes, or none. Only the commit is answered; the
+//! other messages go without a reply subject. The expected version is checked on the
+//! first message (the server refuses the header on later messages of the same subject).
+//! Message ids are allowed in a batch: one already in the duplicate window refuses the
+//! whole batch (error 10201), and the store then compares the ids of the events stored
+//! after the expected version, as it does after a refused expected version, to answer
+//! `duplicate: true`. The server's limits apply: at most 1,000 messages per batch
+//! (10199), 50 batches in flight per stream (refused as incomplete, 10176, retryable),
+//! 10 s from a batch's first message to its commit. A single event is a plain publish.
+//!
+//! # Provisioning
+//!
+//! [`JetStreamEventStore::provision`] creates `ES_EVENTS` or updates, on an existing
+//! stream, the settings the store owns (`max_age` from `retentionPolicy`,
+//! `allow_atomic`, `duplicate_window`, replicas where the server can change them),
+//! logging each change at INFO. [`JetStreamSnapshotStore::provision`] does the same
+//! for the history (1) and replicas of `ES_SNAPSHOTS`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_nats::header::{self, HeaderMap};
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::context::{
+    CreateStreamErrorKind, GetStreamErrorKind, PublishError, PublishErrorKind,
+};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{self, LastRawMessageErrorKind, StorageType};
+use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::{self, kv};
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -70,6 +97,233 @@ impl Default for Provisioning {
     }
 }
 
+/// The configuration of `ES_EVENTS`. On an existing stream, [`JetStreamEventStore::provision`]
+/// owns and updates: `max_age` (the definition's `retentionPolicy`), `allow_atomic`,
+/// `duplicate_window`, the replicas (where the server can change them), the subject
+/// `es.>`, direct reads and no per-subject limit. Other settings stay as they are.
+pub fn events_stream_config(provisioning: &Provisioning) -> stream::Config {
+    stream::Config {
+        name: EVENTS_STREAM.to_owned(),
+        subjects: vec![EVENTS_SUBJECTS.to_owned()],
+        description: Some("Event-sourced aggregates: es.<aggregate>.<id>".to_owned()),
+        storage: StorageType::File,
+        num_replicas: provisioning.replicas,
+        duplicate_window: provisioning.duplicate_window,
+        max_age: provisioning.max_age.unwrap_or_default(),
+        max_messages_per_subject: -1,
+        allow_direct: true,
+        allow_atomic_publish: true,
+        ..Default::default()
+    }
+}
+
+fn age(d: &Duration) -> String {
+    if d.is_zero() {
+        "none".to_owned()
+    } else {
+        format!("{d:?}")
+    }
+}
+
+/// Sets `theirs` to `ours` and notes the change (`max_age 1h -> none`).
+fn adopt<T: PartialEq + Clone>(
+    changes: &mut Vec<String>,
+    what: &str,
+    theirs: &mut T,
+    ours: &T,
+    show: impl Fn(&T) -> String,
+) {
+    if theirs != ours {
+        changes.push(format!("{what} {} -> {}", show(theirs), show(ours)));
+        *theirs = ours.clone();
+    }
+}
+
+/// `theirs` with the settings `ES_EVENTS` owns taken from `ours`, and what changed.
+fn adopt_events(theirs: &stream::Config, ours: &stream::Config) -> (stream::Config, Vec<String>) {
+    let mut new = theirs.clone();
+    let mut changes = Vec::new();
+    adopt(
+        &mut changes,
+        "max_age",
+        &mut new.max_age,
+        &ours.max_age,
+        age,
+    );
+    adopt(
+        &mut changes,
+        "allow_atomic",
+        &mut new.allow_atomic_publish,
+        &ours.allow_atomic_publish,
+        bool::to_string,
+    );
+    adopt(
+        &mut changes,
+        "duplicate_window",
+        &mut new.duplicate_window,
+        &ours.duplicate_window,
+        |d| format!("{d:?}"),
+    );
+    adopt(
+        &mut changes,
+        "replicas",
+        &mut new.num_replicas,
+        &ours.num_replicas,
+        usize::to_string,
+    );
+    adopt(
+        &mut changes,
+        "max_msgs_per_subject",
+        &mut new.max_messages_per_subject,
+        &ours.max_messages_per_subject,
+        i64::to_string,
+    );
+    adopt(
+        &mut changes,
+        "allow_direct",
+        &mut new.allow_direct,
+        &ours.allow_direct,
+        bool::to_string,
+    );
+    for subject in &ours.subjects {
+        if !new.subjects.contains(subject) {
+            changes.push(format!("subject {subject} added"));
+            new.subjects.push(subject.clone());
+        }
+    }
+    (new, changes)
+}
+
+/// `theirs` (the stream of `ES_SNAPSHOTS`) with one revision per key and our replicas.
+fn adopt_snapshots(
+    theirs: &stream::Config,
+    ours: &stream::Config,
+) -> (stream::Config, Vec<String>) {
+    let mut new = theirs.clone();
+    let mut changes = Vec::new();
+    adopt(
+        &mut changes,
+        "history",
+        &mut new.max_messages_per_subject,
+        &ours.max_messages_per_subject,
+        i64::to_string,
+    );
+    adopt(
+        &mut changes,
+        "replicas",
+        &mut new.num_replicas,
+        &ours.num_replicas,
+        usize::to_string,
+    );
+    (new, changes)
+}
+
+fn jetstream_code<K>(kind: &K, code: ErrorCode) -> bool
+where
+    K: JetStreamKind,
+{
+    kind.jetstream_error()
+        .is_some_and(|e| e.error_code() == code)
+}
+
+/// Error kinds that may carry the server's error.
+trait JetStreamKind {
+    fn jetstream_error(&self) -> Option<&jetstream::Error>;
+}
+
+impl JetStreamKind for GetStreamErrorKind {
+    fn jetstream_error(&self) -> Option<&jetstream::Error> {
+        match self {
+            GetStreamErrorKind::JetStream(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl JetStreamKind for CreateStreamErrorKind {
+    fn jetstream_error(&self) -> Option<&jetstream::Error> {
+        match self {
+            CreateStreamErrorKind::JetStream(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// How often provisioning reads again when another process creates or deletes the
+/// stream at the same time.
+const PROVISION_ATTEMPTS: usize = 5;
+
+/// Creates the stream from `ours`, or updates on the existing one the settings `owned` takes from `ours`, logging each
+/// change at INFO. Replicas the server cannot change (a single server asked for 3) are
+/// kept, with a warning.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    ours: stream::Config,
+    owned: fn(&stream::Config, &stream::Config) -> (stream::Config, Vec<String>),
+) -> Result<stream::Stream, EsError> {
+    let name = ours.name.clone();
+    for _ in 0..PROVISION_ATTEMPTS {
+        let theirs = match js.get_stream(&name).await {
+            Ok(s) => s.cached_info().config.clone(),
+            Err(e) if jetstream_code(&e.kind(), ErrorCode::STREAM_NOT_FOUND) => {
+                match js.create_stream(ours.clone()).await {
+                    Ok(s) => {
+                        tracing::info!(stream = %name, max_age = %age(&ours.max_age), "stream created");
+                        return Ok(s);
+                    }
+                    // Created by another process in between: read it.
+                    Err(e) if jetstream_code(&e.kind(), ErrorCode::STREAM_NAME_EXIST) => continue,
+                    Err(e) => return Err(unavailable(format!("creating stream {name}"))(e.into())),
+                }
+            }
+            Err(e) => return Err(unavailable(format!("reading stream {name}"))(e.into())),
+        };
+        let (mut wanted, mut changes) = owned(&theirs, &ours);
+        if changes.is_empty() {
+            return js
+                .get_stream(&name)
+                .await
+                .map_err(|e| unavailable(format!("reading stream {name}"))(e.into()));
+        }
+        let mut updated = js.update_stream(&wanted).await;
+        if let Err(e) = &updated {
+            if wanted.num_replicas != theirs.num_replicas
+                && e.kind() != CreateStreamErrorKind::NotFound
+            {
+                tracing::warn!(
+                    stream = %name,
+                    replicas = theirs.num_replicas,
+                    wanted = wanted.num_replicas,
+                    error = %e,
+                    "the server cannot change the replicas: kept"
+                );
+                wanted.num_replicas = theirs.num_replicas;
+                changes.retain(|c| !c.starts_with("replicas "));
+                updated = js.update_stream(&wanted).await;
+            }
+        }
+        match updated {
+            Ok(_) => {
+                if !changes.is_empty() {
+                    tracing::info!(stream = %name, changed = %changes.join(", "), "stream settings updated");
+                }
+            }
+            Err(e) if e.kind() == CreateStreamErrorKind::NotFound => continue,
+            Err(e) => return Err(unavailable(format!("updating stream {name}"))(e.into())),
+        }
+        return js
+            .get_stream(&name)
+            .await
+            .map_err(|e| unavailable(format!("reading stream {name}"))(e.into()));
+    }
+    Err(EsError::new(
+        crate::ErrorKind::Unavailable,
+        format!(
+            "stream {name} was created and deleted {PROVISION_ATTEMPTS} times while provisioning"
+        ),
+    ))
+}
+
 /// [`EventStore`] on JetStream.
 ///
 /// **Appends** carry `Nats-Expected-Last-Subject-Sequence`: the stream sequence of the
@@ -77,8 +331,9 @@ impl Default for Provisioning {
 /// when another writer appended in between: [`crate::ErrorKind::Conflict`]. Each event
 /// carries `Nats-Msg-Id`; a retried append is answered from the server's duplicate
 /// window, and after the window by comparing the ids of the events that are there.
-/// Several events are published one after the other, each expecting the previous one: a
-/// crash in between leaves a prefix stored, and the retry with the same ids completes it.
+/// Several events are one atomic batch: all are stored or none, and readers never see
+/// part of them. (A prefix stored by an older version of this store, which published
+/// them one by one, is completed by a retry with the same ids.)
 ///
 /// **Reads** go through an ordered consumer filtered on the stream's subject, from the
 /// position of a snapshot when there is one, up to the last event that existed when the
@@ -109,27 +364,13 @@ impl std::fmt::Display for BoxedError {
 impl std::error::Error for BoxedError {}
 
 impl JetStreamEventStore {
-    /// Creates (or opens) `ES_EVENTS` and returns the store.
+    /// Creates `ES_EVENTS`, or brings the settings this store owns on an existing one
+    /// to `provisioning` (see [`events_stream_config`]), and returns the store.
     pub async fn provision(
         js: jetstream::Context,
         provisioning: &Provisioning,
     ) -> Result<Self, EsError> {
-        let config = stream::Config {
-            name: EVENTS_STREAM.to_owned(),
-            subjects: vec![EVENTS_SUBJECTS.to_owned()],
-            description: Some("Event-sourced aggregates: es.<aggregate>.<id>".to_owned()),
-            storage: StorageType::File,
-            num_replicas: provisioning.replicas,
-            duplicate_window: provisioning.duplicate_window,
-            max_age: provisioning.max_age.unwrap_or_default(),
-            max_messages_per_subject: -1,
-            allow_direct: true,
-            ..Default::default()
-        };
-        let stream = js
-            .get_or_create_stream(config)
-            .await
-            .map_err(|e| unavailable(format!("creating stream {EVENTS_STREAM}"))(e.into()))?;
+        let stream = ensure_stream(&js, events_stream_config(provisioning), adopt_events).await?;
         Ok(Self {
             js,
             stream,
@@ -179,12 +420,7 @@ impl JetStreamEventStore {
         let envelope = envelope_of(stream, version, event);
         let mut publish = PublishMessage::build()
             .payload(envelope.encode_to_vec().into())
-            .message_id(format!(
-                "{}.{}.{}",
-                stream.aggregate(),
-                stream.id(),
-                event.event_id
-            ));
+            .message_id(message_id(stream, event));
         if let Some(p) = expected_position {
             publish = publish.expected_last_subject_sequence(p);
         }
@@ -196,6 +432,80 @@ impl JetStreamEventStore {
             Ok(ack) => Ok(Ok((ack.sequence, ack.duplicate))),
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(Err(())),
             Err(e) => Err(unavailable(format!("appending to {subject}"))(e.into())),
+        }
+    }
+
+    /// Publishes `events` as one atomic batch (ADR-50): all are stored or none. The
+    /// first message carries the expected last subject sequence (the server allows it on
+    /// the first message of a subject only); every message carries its `Nats-Msg-Id`.
+    /// Only the commit (the last message) is answered; the others are published without
+    /// a reply subject, so a batch costs one round trip.
+    ///
+    /// `Ok(Err(()))`: refused as a whole because the stream moved on, or because an
+    /// event id is already in the duplicate window (a retry); the caller reads the ids
+    /// that are stored to tell them apart.
+    async fn publish_batch(
+        &self,
+        subject: &str,
+        stream: &StreamId,
+        first_version: u64,
+        expected_position: Option<u64>,
+        events: &[NewEvent],
+    ) -> Result<Result<(u64, bool), ()>, EsError> {
+        let batch_id = format!("{:032x}", rand::random::<u128>());
+        let message = |k: usize, event: &NewEvent| -> (HeaderMap, bytes::Bytes) {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::NATS_BATCH_ID, batch_id.as_str());
+            headers.insert(header::NATS_BATCH_SEQUENCE, (k + 1).to_string());
+            headers.insert(header::NATS_MESSAGE_ID, message_id(stream, event));
+            if let (0, Some(p)) = (k, expected_position) {
+                headers.insert(header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, p.to_string());
+            }
+            let payload = envelope_of(stream, first_version + k as u64, event).encode_to_vec();
+            (headers, payload.into())
+        };
+        let Some((last, init)) = events.split_last() else {
+            return Err(EsError::invalid(format!("{stream}: an empty batch")));
+        };
+        let client = self.js.client();
+        for (k, event) in init.iter().enumerate() {
+            let (headers, payload) = message(k, event);
+            client
+                .publish_with_headers(subject.to_owned(), headers, payload)
+                .await
+                .map_err(|e| unavailable(format!("appending to {subject}"))(e.into()))?;
+        }
+        let (mut headers, payload) = message(init.len(), last);
+        headers.insert(header::NATS_BATCH_COMMIT, header::NATS_BATCH_COMMIT_FINAL);
+        let publish = PublishMessage::build().headers(headers).payload(payload);
+        let ack = match self.js.send_publish(subject.to_owned(), publish).await {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match ack {
+            Ok(ack) => Ok(Ok((ack.sequence, false))),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(Err(())),
+            Err(e) => match server_error_code(&e) {
+                Some(
+                    ErrorCode::ATOMIC_PUBLISH_CONTAINS_DUPLICATE_MESSAGE
+                    | ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT,
+                ) => Ok(Err(())),
+                Some(ErrorCode::ATOMIC_PUBLISH_DISABLED) => Err(EsError::new(
+                    crate::ErrorKind::Unavailable,
+                    format!(
+                        "appending to {subject}: atomic publish is disabled on {EVENTS_STREAM}; \
+                         provision the store again (it sets allow_atomic) on nats-server 2.12 or later"
+                    ),
+                )),
+                Some(ErrorCode::ATOMIC_PUBLISH_TOO_LARGE_BATCH) => Err(EsError::with_source(
+                    crate::ErrorKind::Invalid,
+                    format!("{stream}: {} events are too many for one append", events.len()),
+                    e,
+                )),
+                _ => Err(unavailable(format!("appending {} events to {subject}", events.len()))(
+                    e.into(),
+                )),
+            },
         }
     }
 
@@ -258,6 +568,18 @@ impl JetStreamEventStore {
         }
         result
     }
+}
+
+/// `Nats-Msg-Id` of an event: `<aggregate>.<id>.<event id>`.
+fn message_id(stream: &StreamId, event: &NewEvent) -> String {
+    format!("{}.{}.{}", stream.aggregate(), stream.id(), event.event_id)
+}
+
+/// The JetStream error code behind a refused publish.
+fn server_error_code(e: &PublishError) -> Option<ErrorCode> {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .map(|e| e.error_code())
 }
 
 fn deliver_from(position: u64) -> DeliverPolicy {
@@ -340,15 +662,20 @@ impl EventStore for JetStreamEventStore {
         while i < events.len() {
             // `Any` checks nothing for its first event; the others follow it.
             let expect = (expected != ExpectedVersion::Any || i > 0).then_some(position);
-            match self
-                .publish(&subject, stream, version + 1, expect, &events[i])
-                .await?
-            {
+            let rest = &events[i..];
+            let outcome = if let [event] = rest {
+                self.publish(&subject, stream, version + 1, expect, event)
+                    .await?
+            } else {
+                self.publish_batch(&subject, stream, version + 1, expect, rest)
+                    .await?
+            };
+            match outcome {
                 Ok((sequence, duplicate)) => {
                     all_duplicates &= duplicate;
-                    version += 1;
+                    version += rest.len() as u64;
                     position = sequence;
-                    i += 1;
+                    i = events.len();
                 }
                 Err(()) => {
                     // Another writer, or a retry of this append after the server's
@@ -530,25 +857,50 @@ fn snapshot_key(stream: &StreamId) -> String {
 }
 
 impl JetStreamSnapshotStore {
-    /// Creates (or opens) the bucket.
+    /// Creates the bucket with one revision per key (a snapshot replaces the previous
+    /// one), or sets an existing bucket's history to 1 and its replicas to
+    /// `provisioning.replicas` (the server then drops the older revisions).
     pub async fn provision(
         js: &jetstream::Context,
         provisioning: &Provisioning,
     ) -> Result<Self, EsError> {
-        let kv = match js.get_key_value(SNAPSHOT_BUCKET).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: SNAPSHOT_BUCKET.to_owned(),
-                    description: "Aggregate snapshots: <aggregate>.<id>".to_owned(),
-                    history: 1,
-                    storage: StorageType::File,
+        let stream_name = format!("KV_{SNAPSHOT_BUCKET}");
+        match js.get_stream(&stream_name).await {
+            Ok(_) => {
+                let ours = stream::Config {
+                    name: stream_name.clone(),
+                    max_messages_per_subject: 1,
                     num_replicas: provisioning.replicas,
                     ..Default::default()
-                })
-                .await
-                .map_err(|e| unavailable(format!("creating bucket {SNAPSHOT_BUCKET}"))(e.into()))?,
-        };
+                };
+                ensure_stream(js, ours, adopt_snapshots).await?;
+            }
+            Err(e) if jetstream_code(&e.kind(), ErrorCode::STREAM_NOT_FOUND) => {
+                let created = js
+                    .create_key_value(kv::Config {
+                        bucket: SNAPSHOT_BUCKET.to_owned(),
+                        description: "Aggregate snapshots: <aggregate>.<id>".to_owned(),
+                        history: 1,
+                        storage: StorageType::File,
+                        num_replicas: provisioning.replicas,
+                        ..Default::default()
+                    })
+                    .await;
+                if let Err(e) = created {
+                    // Perhaps created by another process in between: opened below.
+                    tracing::debug!(bucket = SNAPSHOT_BUCKET, error = %e, "creating the bucket");
+                }
+            }
+            Err(e) => {
+                return Err(unavailable(format!("reading bucket {SNAPSHOT_BUCKET}"))(
+                    e.into(),
+                ))
+            }
+        }
+        let kv = js
+            .get_key_value(SNAPSHOT_BUCKET)
+            .await
+            .map_err(|e| unavailable(format!("opening bucket {SNAPSHOT_BUCKET}"))(e.into()))?;
         Ok(Self { kv })
     }
 }
