@@ -5,11 +5,12 @@
 # throughput, latency, durable JetStream writes per saga, the server's raw fsynced
 # append rate measured in the same run and the bound it gives, and CPU ms per saga of
 # every process; docs/benchmarks.md records the figures.
-#   SAGAS=1000 scripts/bench.sh
+#   SAGAS=1000 scripts/bench.sh              # also rewrites the "Latest make bench" table
+#   BENCH_DOC= scripts/bench.sh               # print the table, change no file
 #   DEV_ARGS="--otel http://127.0.0.1:4317" CONCURRENCY=16 WORKERS= scripts/bench.sh   # traces exported
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-bin=target/release
+bin="${BIN:-target/release}"
 sagas="${SAGAS:-1000}"
 nats_port="${NATS_PORT:-4334}"
 grpc="127.0.0.1:${GRPC_PORT:-50071}"
@@ -40,14 +41,29 @@ sys.exit(0 if len(shares) == int(sys.argv[1]) and owned and max(shares) - min(sh
         sleep 0.2
     done
     printf 'workers=%s concurrency=%s:\n' "${workers}" "${concurrency}"
-    "${bin}/sagactl" --gateway "http://${grpc}" bench --sagas "${sagas}" --concurrency "${concurrency}" \
+    "${bin}/sagactl" --json --gateway "http://${grpc}" bench --sagas "${sagas}" --concurrency "${concurrency}" \
         --nats-url "nats://127.0.0.1:${nats_port}" --raw --dev-data-dir "${dir}" 2>/dev/null \
-        | grep -E 'sagas/s|p50|COMPLETED|COMPENSATED|FAILED|^writes|^raw|^bound|^cpu' | sed 's/^/    /'
-    echo
+        | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+r["workers"] = int(sys.argv[1])
+with open(sys.argv[2], "a") as f:
+    f.write(json.dumps(r) + "\n")
+l = r["latencyMs"]
+print("    %.1f sagas/s, p50 %.1f ms, p99 %.1f ms, %.2f writes/saga, raw %.0f/s, bound %.1f sagas/s, cpu %.2f ms/saga, %s"
+      % (r["sagasPerSec"], l["p50"], l["p99"], r["durableWritesPerSaga"] or 0, r["rawAppendsPerSec"] or 0,
+         r["brokerBoundSagasPerSec"] or 0, sum(r["cpuMsPerSaga"].values()), r["states"]))
+' "${workers}" "${results}"
     kill -TERM "${dev}"
     wait "${dev}" || true
     rm -rf "${dir}"
 }
 
+results="$(mktemp)"
 for c in ${CONCURRENCY-1 16 64}; do run 1 "${c}"; done
 for w in ${WORKERS-2 3}; do run "${w}" 64; done
+
+# The table, between the markers of docs/benchmarks.md (BENCH_DOC= to only print it).
+doc="${BENCH_DOC-docs/benchmarks.md}"
+python3 scripts/bench_table.py "${results}" "${sagas}" "${doc}"
+rm -f "${results}"
