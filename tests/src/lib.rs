@@ -792,3 +792,42 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A real grpcurl (scripts/install-grpcurl.sh installs it into target/ when missing).
+pub mod grpcurl {
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Output};
+
+    /// Installs grpcurl if needed; returns its path.
+    pub fn binary() -> PathBuf {
+        let out = Command::new("bash")
+            .arg(super::repo().join("scripts/install-grpcurl.sh"))
+            .output()
+            .expect("run scripts/install-grpcurl.sh");
+        assert!(
+            out.status.success(),
+            "installing grpcurl failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .unwrap_or_default(),
+        )
+    }
+
+    /// Runs it with `args`.
+    pub fn run(bin: &Path, args: &[&str]) -> Output {
+        Command::new(bin).args(args).output().expect("run grpcurl")
+    }
+
+    /// Its stdout and stderr.
+    pub fn text(o: &Output) -> String {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    }
+}

@@ -2,50 +2,20 @@
 //! with a real grpcurl; per-client rate and WatchSaga limits with the Rust client.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair,
 };
+use saga_e2e::grpcurl::{binary as grpcurl_binary, run as grpcurl, text};
 use saga_e2e::*;
 use saga_proto as pb;
 use tonic::Code;
 
 const CLIENT_TOKEN: &str = "sgt_client-token-of-the-web-shop";
 const OPERATOR_TOKEN: &str = "sgt_operator-token-of-the-on-call";
-
-/// Installs grpcurl if needed; returns its path.
-fn grpcurl_binary() -> PathBuf {
-    let out = Command::new("bash")
-        .arg(repo().join("scripts/install-grpcurl.sh"))
-        .output()
-        .expect("run scripts/install-grpcurl.sh");
-    assert!(
-        out.status.success(),
-        "installing grpcurl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default(),
-    )
-}
-
-fn grpcurl(bin: &Path, args: &[&str]) -> Output {
-    Command::new(bin).args(args).output().expect("run grpcurl")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn bearer(token: &str) -> String {
     format!("authorization: Bearer {token}")

@@ -2,42 +2,10 @@
 //! installed by scripts/install-grpcurl.sh into target/): service listing through
 //! reflection, PlaceOrder, then GetSaga until the order completes.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
 use std::time::Duration;
 
+use saga_e2e::grpcurl::{binary as grpcurl_binary, run as grpcurl, text};
 use saga_e2e::*;
-
-/// Installs grpcurl if needed; returns its path.
-fn grpcurl_binary() -> PathBuf {
-    let out = Command::new("bash")
-        .arg(repo().join("scripts/install-grpcurl.sh"))
-        .output()
-        .expect("run scripts/install-grpcurl.sh");
-    assert!(
-        out.status.success(),
-        "installing grpcurl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let path = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_string();
-    PathBuf::from(path)
-}
-
-fn grpcurl(bin: &PathBuf, args: &[&str]) -> Output {
-    Command::new(bin).args(args).output().expect("run grpcurl")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_lists_places_an_order_and_sees_it_complete() {

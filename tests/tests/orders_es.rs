@@ -210,6 +210,46 @@ async fn checkouts_build_the_order_aggregate_and_the_api_ships_cancels_and_lists
         .map(|o| o.order_id.as_str())
         .collect();
     assert_eq!(ids, ["es-3"]);
+    // The same through a real grpcurl, with reflection.
+    let grpcurl = saga_e2e::grpcurl::binary();
+    let listed = saga_e2e::grpcurl::run(&grpcurl, &["-plaintext", &addr, "list"]);
+    assert!(
+        saga_e2e::grpcurl::text(&listed).contains("saga.es.v1.Orders"),
+        "{}",
+        saga_e2e::grpcurl::text(&listed)
+    );
+    let by_status = saga_e2e::grpcurl::run(
+        &grpcurl,
+        &[
+            "-plaintext",
+            "-d",
+            r#"{"status":"SHIPPED"}"#,
+            &addr,
+            "saga.es.v1.Orders/ListOrders",
+        ],
+    );
+    let answer = saga_e2e::grpcurl::text(&by_status);
+    assert!(by_status.status.success(), "{answer}");
+    assert!(
+        answer.contains(r#""orderId": "es-1""#) && answer.contains(r#""trackingNumber": "TRK-42""#),
+        "{answer}"
+    );
+    let bad = saga_e2e::grpcurl::run(
+        &grpcurl,
+        &[
+            "-plaintext",
+            "-d",
+            r#"{"status":"LOST"}"#,
+            &addr,
+            "saga.es.v1.Orders/ListOrders",
+        ],
+    );
+    let answer = saga_e2e::grpcurl::text(&bad);
+    assert!(
+        answer.contains("InvalidArgument") && answer.contains("status"),
+        "{answer}"
+    );
+
     let both = api
         .list_orders(es_pb::ListOrdersRequest {
             customer_id: "alice".into(),
