@@ -55,6 +55,11 @@ struct Args {
     /// Sagas restored from the journal at the same time (takeover, restarts).
     #[arg(long, env = "MAX_CONCURRENT_RESTORES", default_value_t = 32)]
     max_concurrent_restores: usize,
+    /// A saga restored from the journal (takeover, restarts) is replayed and checked
+    /// against its journalled events when it has at most this many records (0: never);
+    /// a mismatch stops it with a non-determinism error.
+    #[arg(long, env = "VERIFY_REPLAY_MAX_RECORDS", default_value_t = 1_000)]
+    verify_replay_max_records: u64,
     /// Saga actors alive at once; past it, new starts wait in the stream.
     #[arg(long, env = "MAX_LIVE_SAGAS", default_value_t = 16_384)]
     max_live_sagas: usize,
@@ -141,6 +146,7 @@ async fn run(args: Args) -> Result<()> {
         max_in_flight: args.max_in_flight.max(1),
         max_concurrent_restores: args.max_concurrent_restores.max(1),
         max_live_sagas: args.max_live_sagas.max(1),
+        verify_replay_max_records: args.verify_replay_max_records,
         ..RuntimeConfig::default()
     };
     let ctx = Context {

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use saga_core::definition::{load_file, mermaid, Compensation, FailureKind, Loaded};
+use saga_core::definition::{load_file, mermaid, Compensation, FailureKind, Loaded, StepKind};
 use saga_core::duration::format_duration;
 
 pub fn validate(files: &[PathBuf], explain: bool) -> ExitCode {
@@ -68,21 +68,31 @@ fn explain_text(loaded: &Loaded) -> String {
                 c.retry.max_attempts
             ),
             Compensation::NotNeeded => "no undo needed (declared)".to_string(),
-            Compensation::Missing => "no compensation (last step)".to_string(),
+            Compensation::Missing => match s.kind {
+                StepKind::Pivot => "never undone: the point of no return".to_string(),
+                StepKind::Retriable => "never undone: retried until it succeeds".to_string(),
+                StepKind::Compensatable => "no compensation (last step)".to_string(),
+            },
+        };
+        let attempts = if s.retry.is_unbounded() {
+            "unbounded attempts".to_string()
+        } else {
+            format!("up to {} attempts", s.retry.max_attempts)
         };
         out.push_str(&format!(
-            "    {}. {} -> {}.{}  timeout {}, up to {} attempts; {}\n",
+            "    {}. {} [{}] -> {}.{}  timeout {}, {}; {}\n",
             i + 1,
             s.name,
+            s.kind,
             s.service,
             s.action,
             format_duration(s.timeout),
-            s.retry.max_attempts,
+            attempts,
             comp
         ));
     }
     out.push_str(&format!(
-        "\n  deadline: {} = worst case of the steps {} + buffer {}{}\n",
+        "\n  deadline: {} = worst case of the steps up to the pivot {} + buffer {}{}\n",
         format_duration(def.deadline()),
         format_duration(def.steps_worst_case()),
         format_duration(def.deadline_buffer),
@@ -92,6 +102,12 @@ fn explain_text(loaded: &Loaded) -> String {
             ""
         }
     ));
+    if let Some(p) = def.pivot() {
+        out.push_str(&format!(
+            "  pivot: {} (cancels and the deadline undo the saga only before it is sent)\n",
+            def.steps[p].name
+        ));
+    }
     out.push_str("\n  derived failure scenarios (compensations run in this order):\n");
     let rows: Vec<[String; 4]> = def
         .derived_scenarios()

@@ -206,6 +206,7 @@ fn transition_event(e: &TransitionEvent) -> Value {
     let mut v = obj(vec![
         ("kind", event_kind(e.kind)),
         ("step", json!(e.step)),
+        ("action", json!(e.action)),
         ("attempt", json!(e.attempt)),
         ("reason", json!(e.reason)),
     ]);

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use prost_types::Timestamp;
 use saga_proto::{
     journal_input, step_reply, JournalEvent, JournalInput, Saga, SagaState, TimerKind,
-    TransitionEvent, TransitionEventKind,
+    TransitionEventKind,
 };
 
 /// `COMPLETED` for `SAGA_STATE_COMPLETED`; `UNKNOWN(9)` for a number this build does not know.
@@ -154,31 +154,100 @@ pub fn saga_list(sagas: &[Saga]) -> String {
 }
 
 /// One block per transition: version, time, input, resulting state, then its events.
+/// The saga's timeline: one row per thing that happened (time, step, action, attempt,
+/// outcome, reason), every command named by its action, then what caused each
+/// transition when it was not a reply (a timer, a cancel, the deadline).
 pub fn history(events: &[JournalEvent]) -> String {
-    let mut out = String::new();
+    use std::collections::HashMap;
+    use TransitionEventKind as K;
+    let mut t = Table::new(&[
+        "V", "TIME", "STEP", "ACTION", "ATTEMPT", "OUTCOME", "REASON",
+    ]);
+    // The action last sent per step, forward and compensation, for the rows of outcomes.
+    let mut sent: HashMap<(String, bool), String> = HashMap::new();
     for e in events {
-        let step = if e.current_step.is_empty() {
-            String::new()
-        } else {
-            format!(" at {}", e.current_step)
+        let cause = match e.input.as_ref().and_then(|i| i.kind.as_ref()) {
+            Some(journal_input::Kind::Reply(_)) | None => None,
+            Some(_) => Some(input(e.input.as_ref())),
         };
-        let _ = writeln!(
-            out,
-            "v{:<3} {}  {}  -> {}{}",
-            e.version,
-            ts(e.recorded_at.as_ref()),
-            input(e.input.as_ref()),
-            state_name(e.state),
-            step
-        );
-        for ev in &e.events {
-            let _ = writeln!(out, "       {}", event(ev));
+        let at = ts(e.recorded_at.as_ref());
+        let mut first = true;
+        let mut row =
+            |t: &mut Table, step: &str, action: &str, attempt: String, what: &str, why: &str| {
+                t.row(vec![
+                    if first {
+                        format!("v{}", e.version)
+                    } else {
+                        String::new()
+                    },
+                    if first { at.clone() } else { String::new() },
+                    or_dash(step).to_string(),
+                    or_dash(action).to_string(),
+                    attempt,
+                    what.to_string(),
+                    why.to_string(),
+                ]);
+                first = false;
+            };
+        if let Some(cause) = &cause {
+            if !e.events.is_empty()
+                && !matches!(cause.as_str(), "start")
+                && !cause.starts_with("start ")
+            {
+                row(&mut t, "", "", String::new(), "INPUT", cause);
+            }
         }
-        if !e.compensation_reason.is_empty() {
-            let _ = writeln!(out, "       reason: {}", e.compensation_reason);
+        for ev in &e.events {
+            let kind = K::try_from(ev.kind).unwrap_or(K::Unspecified);
+            let compensation = matches!(
+                kind,
+                K::CompensationStepStarted
+                    | K::CompensationAttemptFailed
+                    | K::CompensationRetryScheduled
+                    | K::StepCompensated
+                    | K::CompensationFailed
+            );
+            let key = (ev.step.clone(), compensation);
+            if matches!(kind, K::StepStarted | K::CompensationStepStarted) && !ev.action.is_empty()
+            {
+                sent.insert(key.clone(), ev.action.clone());
+            }
+            let action = if ev.step.is_empty() {
+                String::new()
+            } else {
+                sent.get(&key).cloned().unwrap_or_default()
+            };
+            let what = match kind {
+                K::StepStarted => "SENT".to_string(),
+                K::CompensationStepStarted => "SENT (compensation)".to_string(),
+                other => other
+                    .as_str_name()
+                    .trim_start_matches("TRANSITION_EVENT_KIND_")
+                    .to_string(),
+            };
+            let attempt = if ev.attempt > 0 {
+                ev.attempt.to_string()
+            } else {
+                String::new()
+            };
+            let mut why = ev.reason.clone();
+            if let Some(d) = &ev.delay {
+                why = format!(
+                    "in {d}{}",
+                    if why.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {why}")
+                    }
+                );
+            }
+            if let Some(d) = &ev.deadline_at {
+                why = format!("deadline {d}");
+            }
+            row(&mut t, &ev.step, &action, attempt, &what, &why);
         }
     }
-    out
+    t.render()
 }
 
 /// The saga's timeline with the trace and span of each transition, and the saga's trace
@@ -275,32 +344,6 @@ fn input(i: Option<&JournalInput>) -> String {
         }
         journal_input::Kind::DeadlineExceeded(_) => "deadline exceeded".into(),
     }
-}
-
-fn event(e: &TransitionEvent) -> String {
-    let mut s = TransitionEventKind::try_from(e.kind)
-        .map(|k| {
-            k.as_str_name()
-                .trim_start_matches("TRANSITION_EVENT_KIND_")
-                .to_string()
-        })
-        .unwrap_or_else(|_| format!("UNKNOWN({})", e.kind));
-    if !e.step.is_empty() {
-        let _ = write!(s, " {}", e.step);
-    }
-    if e.attempt > 0 {
-        let _ = write!(s, " #{}", e.attempt);
-    }
-    if let Some(d) = &e.delay {
-        let _ = write!(s, " in {d}");
-    }
-    if let Some(t) = &e.deadline_at {
-        let _ = write!(s, " deadline {t}");
-    }
-    if !e.reason.is_empty() {
-        let _ = write!(s, ": {}", e.reason);
-    }
-    s
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ pub mod retry;
 pub mod testing;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use definition::{SagaDefinition, StepDefinition};
+pub use definition::{SagaDefinition, StepDefinition, StepKind};
 pub use ids::{SagaId, Timestamp};
 pub use machine::{apply, Effect, Input, Outcome, SagaEvent, SagaState, SagaStatus, Transition};
 pub use retry::RetryPolicy;

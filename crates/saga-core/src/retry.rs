@@ -10,7 +10,8 @@ use crate::ids::mix64;
 /// How often a step (or a compensation) is tried, and how long to wait in between.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
-    /// Total tries, the first included. `1` means no retry.
+    /// Total tries, the first included. `1` means no retry; [`RetryPolicy::UNBOUNDED`]
+    /// means tries never run out (`retryPolicy: unbounded`).
     pub max_attempts: u32,
     /// Delay before the second attempt.
     pub initial: Duration,
@@ -31,6 +32,24 @@ impl RetryPolicy {
     pub const DEFAULT_MAX: Duration = Duration::from_secs(30);
     /// Default jitter of `exponentialBackoff(N)`.
     pub const DEFAULT_JITTER: f64 = 0.2;
+
+    /// `max_attempts` of a policy whose tries never run out.
+    pub const UNBOUNDED: u32 = u32::MAX;
+
+    /// `retryPolicy: unbounded`: exponential backoff from 500 ms, capped at 30 s, tried
+    /// until it succeeds. Meant for retriable steps (after the pivot), which are never
+    /// compensated and never abandoned.
+    pub fn unbounded() -> Self {
+        Self {
+            max_attempts: Self::UNBOUNDED,
+            ..Self::exponential_backoff(0)
+        }
+    }
+
+    /// Whether tries never run out.
+    pub fn is_unbounded(&self) -> bool {
+        self.max_attempts == Self::UNBOUNDED
+    }
 
     /// `retryPolicy: none`: one attempt.
     pub const fn none() -> Self {
@@ -68,7 +87,7 @@ impl RetryPolicy {
 
     /// Whether another attempt may follow attempt number `attempt` (1-based).
     pub fn allows_retry_after(&self, attempt: u32) -> bool {
-        attempt < self.max_attempts
+        self.is_unbounded() || attempt < self.max_attempts
     }
 
     /// Delay before the attempt that follows failed attempt `attempt` (1-based), before
@@ -98,7 +117,11 @@ impl RetryPolicy {
 
     /// Longest time a step under this policy can take: every attempt timing out plus
     /// every backoff at its upper bound.
+    /// `Duration::MAX` when tries never run out.
     pub fn worst_case(&self, timeout: Duration) -> Duration {
+        if self.is_unbounded() {
+            return Duration::MAX;
+        }
         let mut total = timeout.saturating_mul(self.max_attempts);
         for attempt in 1..self.max_attempts {
             total = total.saturating_add(self.base_delay(attempt));
@@ -188,5 +211,15 @@ mod tests {
         p.multiplier = 2.0;
         p.max_attempts = 0;
         assert!(p.check().unwrap_err().contains("max_attempts"));
+    }
+
+    #[test]
+    fn unbounded_never_runs_out_and_has_no_worst_case() {
+        let p = RetryPolicy::unbounded();
+        assert!(p.is_unbounded());
+        assert!(p.allows_retry_after(1_000_000));
+        assert_eq!(p.worst_case(Duration::from_secs(1)), Duration::MAX);
+        assert_eq!(p.base_delay(1_000), RetryPolicy::DEFAULT_MAX);
+        assert!(p.check().is_ok());
     }
 }

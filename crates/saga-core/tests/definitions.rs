@@ -335,3 +335,130 @@ fn a_directory_loads_by_name_and_reports_every_broken_file() {
         .contains("no saga definitions"));
     std::fs::remove_dir_all(&empty).unwrap();
 }
+
+fn kinds_of(yaml: &str) -> Vec<&'static str> {
+    parse_definition("k.yaml", yaml)
+        .unwrap()
+        .definition
+        .steps
+        .iter()
+        .map(|s| s.kind.as_str())
+        .collect()
+}
+
+#[test]
+fn step_kinds_default_from_the_compensation_and_the_retry_policy() {
+    // The shipped checkout declares its pivot; its confirmation cannot be undone.
+    let checkout = load_file(&sagas_dir().join("order-checkout.yaml"))
+        .unwrap()
+        .definition;
+    let kinds: Vec<&str> = checkout.steps.iter().map(|s| s.kind.as_str()).collect();
+    assert_eq!(kinds, ["compensatable", "compensatable", "pivot"]);
+    assert_eq!(checkout.pivot(), Some(2));
+    // A last step without compensation: the pivot with a short policy, retriable with a
+    // long or unbounded one.
+    assert_eq!(
+        kinds_of(&saga(&format!("{GOOD_A}{GOOD_B}"))),
+        ["compensatable", "pivot"]
+    );
+    let long = format!("{GOOD_B}      retryPolicy: unbounded\n");
+    assert_eq!(
+        kinds_of(&saga(&format!("{GOOD_A}{long}"))),
+        ["compensatable", "retriable"]
+    );
+    let def = parse_definition("k.yaml", &saga(&format!("{GOOD_A}{long}")))
+        .unwrap()
+        .definition;
+    assert!(def.steps[1].retry.is_unbounded());
+    // The deadline does not count retriable steps.
+    assert_eq!(
+        def.steps_worst_case(),
+        def.steps[0].retry.worst_case(def.steps[0].timeout)
+    );
+    // After a declared pivot, steps without compensation are retriable.
+    let yaml = saga(&format!(
+        "{GOOD_A}    - {{name: P, service: svc, action: p, kind: pivot}}\n    - {{name: R, service: svc, action: r, retryPolicy: {{max_attempts: unbounded}}}}\n"
+    ));
+    assert_eq!(kinds_of(&yaml), ["compensatable", "pivot", "retriable"]);
+    // The plan: a pivot in doubt is retried, a retriable refusal undoes nothing.
+    let def = parse_definition("k.yaml", &yaml).unwrap().definition;
+    let p = def.plan_for(1, FailureKind::InDoubt);
+    assert!(p.retried && p.compensations.is_empty(), "{p:?}");
+    assert_eq!(
+        def.plan_for(1, FailureKind::Business).compensations,
+        ["undoA"]
+    );
+    assert_eq!(def.plan_for(2, FailureKind::Business).outcome(), "FAILED");
+    let graph = mermaid(&def);
+    assert!(graph.contains("s1[[\"PIVOT: P"), "{graph}");
+    assert!(graph.contains("class s1 pivot"), "{graph}");
+    assert!(
+        graph.contains("s2 -->|timeout / failure: retried| s2"),
+        "{graph}"
+    );
+}
+
+#[test]
+fn step_kinds_that_break_the_theory_are_refused_with_what_to_write() {
+    let pivot = "    - {name: P, service: svc, action: p, kind: pivot}\n";
+    // A pivot with a compensation.
+    let e = errors(&saga(&format!(
+        "    - {{name: P, service: svc, action: p, kind: pivot, compensation: undoP}}\n{GOOD_B}"
+    )));
+    assert_mentions(
+        &e,
+        &["step `P` (steps[0])", "a pivot is the point of no return"],
+    );
+    // Two pivots.
+    let e = errors(&saga(&format!(
+        "{pivot}    - {{name: Q, service: svc, action: q, kind: pivot}}\n"
+    )));
+    assert_mentions(
+        &e,
+        &["step `Q` (steps[1])", "at most one pivot", "`P` (steps[0])"],
+    );
+    // A compensatable step after the pivot.
+    let e = errors(&saga(&format!("{pivot}{GOOD_A}")));
+    assert_mentions(
+        &e,
+        &[
+            "step `A` (steps[1])",
+            "nothing after the pivot `P`",
+            "`kind: retriable`",
+        ],
+    );
+    // A retriable step with a short policy, and one with a compensation.
+    let e = errors(&saga(&format!(
+        "{pivot}    - {{name: R, service: svc, action: r, retryPolicy: exponentialBackoff(3)}}\n"
+    )));
+    assert_mentions(
+        &e,
+        &[
+            "step `R` (steps[1])",
+            "`unbounded` or allow at least 10 attempts; it allows 4",
+            "follows the pivot",
+        ],
+    );
+    let e = errors(&saga(
+        "    - {name: R, service: svc, action: r, kind: retriable, compensation: undoR, retryPolicy: unbounded}\n",
+    ));
+    assert_mentions(&e, &["a retriable step is never compensated"]);
+    // A retriable step before the pivot; an unknown kind.
+    let e = errors(&saga(&format!(
+        "    - {{name: R, service: svc, action: r, kind: retriable, retryPolicy: unbounded}}\n{pivot}"
+    )));
+    assert_mentions(
+        &e,
+        &[
+            "step `P` (steps[1])",
+            "the pivot must come before the retriable steps",
+        ],
+    );
+    let e = errors(&saga(
+        "    - {name: A, service: svc, action: a, kind: pivotal}\n",
+    ));
+    assert_mentions(
+        &e,
+        &["`kind` `pivotal` is not `compensatable`, `pivot` or `retriable`"],
+    );
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use saga_core::definition::{
     Compensation, CompensationDefinition, SagaDefinition, SagaEvents, SagaKind, StepDefinition,
+    StepKind,
 };
 use saga_core::machine::{Effect, Input, Outcome, SagaEvent, SagaStatus, TimerKey, TimerKind};
 use saga_core::retry::RetryPolicy;
@@ -27,46 +28,89 @@ fn policy() -> impl Strategy<Value = RetryPolicy> {
     ]
 }
 
-fn definition() -> impl Strategy<Value = SagaDefinition> {
-    let step = (1u64..10, policy(), 0u8..4, policy(), 1u64..10);
-    prop::collection::vec(step, 1..5).prop_map(|steps| {
-        let n = steps.len();
-        let steps = steps
-            .into_iter()
-            .enumerate()
-            .map(
-                |(i, (timeout, retry, comp, comp_retry, comp_timeout))| StepDefinition {
-                    name: format!("S{i}"),
-                    service: format!("svc{i}"),
-                    action: format!("do{i}"),
-                    compensation: match comp {
-                        // Missing is only valid on the last step (validation refuses it elsewhere).
-                        0 if i + 1 == n => Compensation::Missing,
-                        1 => Compensation::NotNeeded,
-                        _ => Compensation::Action(CompensationDefinition {
-                            action: format!("undo{i}"),
-                            timeout: Duration::from_secs(comp_timeout),
-                            retry: comp_retry,
-                        }),
-                    },
-                    timeout: Duration::from_secs(timeout),
-                    retry,
-                },
-            )
-            .collect();
-        SagaDefinition {
-            name: "Prop".into(),
-            kind: SagaKind::Orchestration,
-            orchestrator: None,
-            description: None,
-            steps,
-            timeout: None,
-            deadline_buffer: Duration::from_secs(1),
-            events: SagaEvents::default(),
-            failure_scenarios: vec![],
-            invariants: vec![],
-        }
+/// A long policy, as validation demands of retriable steps (bounded, so runs end).
+fn long_policy() -> impl Strategy<Value = RetryPolicy> {
+    (10u32..13, 1u64..100).prop_map(|(attempts, initial)| RetryPolicy {
+        max_attempts: attempts,
+        initial: Duration::from_millis(initial),
+        multiplier: 2.0,
+        max: Duration::from_millis(initial * 8),
+        jitter: 0.2,
     })
+}
+
+/// Arbitrary valid definitions: compensatable steps, then (in `shape` 1 and 2) a pivot,
+/// then (in `shape` 2) retriable steps.
+fn definition() -> impl Strategy<Value = SagaDefinition> {
+    let step = (
+        1u64..10,
+        policy(),
+        0u8..4,
+        policy(),
+        1u64..10,
+        long_policy(),
+    );
+    (
+        prop::collection::vec(step, 1..5),
+        0u8..3,
+        any::<prop::sample::Index>(),
+    )
+        .prop_map(|(steps, shape, at)| {
+            let n = steps.len();
+            let pivot = match shape {
+                0 => None,
+                1 => Some(n - 1),
+                _ => Some(at.index(n)),
+            };
+            let steps = steps
+                .into_iter()
+                .enumerate()
+                .map(
+                    |(i, (timeout, retry, comp, comp_retry, comp_timeout, long))| {
+                        let kind = match pivot {
+                            Some(p) if i == p => StepKind::Pivot,
+                            Some(p) if i > p => StepKind::Retriable,
+                            _ => StepKind::Compensatable,
+                        };
+                        StepDefinition {
+                            name: format!("S{i}"),
+                            service: format!("svc{i}"),
+                            action: format!("do{i}"),
+                            kind,
+                            compensation: match comp {
+                                _ if kind != StepKind::Compensatable => Compensation::Missing,
+                                // Missing is only valid on the last step (validation refuses it elsewhere).
+                                0 if i + 1 == n => Compensation::Missing,
+                                1 => Compensation::NotNeeded,
+                                _ => Compensation::Action(CompensationDefinition {
+                                    action: format!("undo{i}"),
+                                    timeout: Duration::from_secs(comp_timeout),
+                                    retry: comp_retry,
+                                }),
+                            },
+                            timeout: Duration::from_secs(timeout),
+                            retry: if kind == StepKind::Retriable {
+                                long
+                            } else {
+                                retry
+                            },
+                        }
+                    },
+                )
+                .collect();
+            SagaDefinition {
+                name: "Prop".into(),
+                kind: SagaKind::Orchestration,
+                orchestrator: None,
+                description: None,
+                steps,
+                timeout: None,
+                deadline_buffer: Duration::from_secs(1),
+                events: SagaEvents::default(),
+                failure_scenarios: vec![],
+                invariants: vec![],
+            }
+        })
 }
 
 /// One chaotic thing that happens to a running saga.
@@ -175,6 +219,16 @@ fn run<'d>(def: &'d SagaDefinition, script: &[Chaos], responsive: bool) -> Simul
         if sim.state.status.is_terminal() {
             break;
         }
+        // A pivot nobody answers is retried for ever: a few attempts past its policy
+        // show it.
+        let retried_past = !responsive
+            && sim.state.current_step.is_some_and(|i| {
+                def.steps[i].kind == StepKind::Pivot
+                    && sim.state.steps[i].attempts > def.steps[i].retry.max_attempts + 2
+            });
+        if retried_past {
+            break;
+        }
         if responsive && answered < sim.commands.len() {
             let c = sim.commands[answered].clone();
             answered += 1;
@@ -203,9 +257,42 @@ fn run<'d>(def: &'d SagaDefinition, script: &[Chaos], responsive: bool) -> Simul
 fn check(def: &SagaDefinition, script: &[Chaos], responsive: bool) -> Result<(), TestCaseError> {
     let sim = run(def, script, responsive);
     let status = sim.state.status;
+    let compensations_sent = sim.commands.iter().any(|c| c.compensation);
 
-    // The saga always ends once timers stop being relevant.
-    prop_assert!(status.is_terminal(), "not terminal: {:?}", sim.state);
+    // The saga always ends once timers stop being relevant, except a pivot nobody
+    // answers: it may have happened, so it is tried again and never abandoned.
+    if !status.is_terminal() {
+        let current = sim.state.current_step.map(|i| def.steps[i].kind);
+        prop_assert!(
+            !responsive && current == Some(StepKind::Pivot) && !compensations_sent,
+            "not terminal: {:?}",
+            sim.state
+        );
+        prop_assert_eq!(status, SagaStatus::Running);
+        let i = sim.state.current_step.unwrap();
+        prop_assert!(sim.state.steps[i].attempts > def.steps[i].retry.max_attempts);
+        let again = run(def, script, responsive);
+        prop_assert_eq!(&again.events, &sim.events);
+        return Ok(());
+    }
+    // Past the point of no return nothing is undone: once the pivot succeeded (or a
+    // retriable step was sent) no compensation follows.
+    let past_pivot = sim.events.iter().position(|e| match e {
+        SagaEvent::StepSucceeded { step, .. } | SagaEvent::StepStarted { step, .. } => {
+            let i: usize = step[1..].parse().unwrap();
+            let kind = def.steps[i].kind;
+            kind == StepKind::Retriable
+                || (kind == StepKind::Pivot && matches!(e, SagaEvent::StepSucceeded { .. }))
+        }
+        _ => false,
+    });
+    if let Some(at) = past_pivot {
+        let later_undo = sim.events[at..]
+            .iter()
+            .any(|e| matches!(e, SagaEvent::CompensationStarted { .. }));
+        prop_assert!(!later_undo, "compensation after the point of no return");
+        prop_assert!(status != SagaStatus::Compensated);
+    }
     // No command, timer or event after the terminal state.
     prop_assert!(
         sim.effects_after_end.is_empty(),
@@ -242,9 +329,12 @@ fn check(def: &SagaDefinition, script: &[Chaos], responsive: bool) -> Result<(),
         highest = highest.max(i);
     }
 
-    // Attempts never exceed the policy.
+    // Attempts never exceed the policy (a pivot in doubt goes past it on purpose).
     for c in &sim.commands {
         let i: usize = c.step[1..].parse().unwrap();
+        if !c.compensation && def.steps[i].kind == StepKind::Pivot {
+            continue;
+        }
         let max = if c.compensation {
             def.steps[i]
                 .compensation
@@ -301,11 +391,15 @@ fn check(def: &SagaDefinition, script: &[Chaos], responsive: bool) -> Result<(),
             _ => None,
         })
         .collect();
-    let mut expected: Vec<usize> = started
-        .difference(&refused)
-        .copied()
-        .filter(|i| matches!(def.steps[*i].compensation, Compensation::Action(_)))
-        .collect();
+    let mut expected: Vec<usize> = if past_pivot.is_some() {
+        Vec::new()
+    } else {
+        started
+            .difference(&refused)
+            .copied()
+            .filter(|i| matches!(def.steps[*i].compensation, Compensation::Action(_)))
+            .collect()
+    };
     expected.reverse();
     let mut issued: Vec<usize> = Vec::new();
     for c in sim.commands.iter().filter(|c| c.compensation) {

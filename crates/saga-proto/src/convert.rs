@@ -294,8 +294,12 @@ impl From<&SagaEvent> for pb::TransitionEvent {
                 t.deadline_at = Some(timestamp(*deadline_at));
                 K::SagaStarted
             }
-            SagaEvent::StepStarted { step, attempt } => {
-                (t.step, t.attempt) = (step.clone(), *attempt);
+            SagaEvent::StepStarted {
+                step,
+                attempt,
+                action,
+            } => {
+                (t.step, t.attempt, t.action) = (step.clone(), *attempt, action.clone());
                 K::StepStarted
             }
             SagaEvent::StepSucceeded { step, attempt } => {
@@ -339,8 +343,12 @@ impl From<&SagaEvent> for pb::TransitionEvent {
                 t.reason = reason.clone();
                 K::CompensationStarted
             }
-            SagaEvent::CompensationStepStarted { step, attempt } => {
-                (t.step, t.attempt) = (step.clone(), *attempt);
+            SagaEvent::CompensationStepStarted {
+                step,
+                attempt,
+                action,
+            } => {
+                (t.step, t.attempt, t.action) = (step.clone(), *attempt, action.clone());
                 K::CompensationStepStarted
             }
             SagaEvent::CompensationAttemptFailed {
@@ -407,7 +415,11 @@ impl TryFrom<&pb::TransitionEvent> for SagaEvent {
             K::SagaStarted => SagaEvent::SagaStarted {
                 deadline_at: t.deadline_at.as_ref().map(millis).unwrap_or_default(),
             },
-            K::StepStarted => SagaEvent::StepStarted { step, attempt },
+            K::StepStarted => SagaEvent::StepStarted {
+                step,
+                attempt,
+                action: t.action.clone(),
+            },
             K::StepSucceeded => SagaEvent::StepSucceeded { step, attempt },
             K::StepFailed => SagaEvent::StepFailed {
                 step,
@@ -427,7 +439,11 @@ impl TryFrom<&pb::TransitionEvent> for SagaEvent {
             },
             K::StepInDoubt => SagaEvent::StepInDoubt { step, reason },
             K::CompensationStarted => SagaEvent::CompensationStarted { reason },
-            K::CompensationStepStarted => SagaEvent::CompensationStepStarted { step, attempt },
+            K::CompensationStepStarted => SagaEvent::CompensationStepStarted {
+                step,
+                attempt,
+                action: t.action.clone(),
+            },
             K::CompensationAttemptFailed => SagaEvent::CompensationAttemptFailed {
                 step,
                 attempt,

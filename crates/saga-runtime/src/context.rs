@@ -44,6 +44,11 @@ pub struct RuntimeConfig {
     /// (handed back during a partition move, waiting behind a slow actor) do not count,
     /// and an input already applied is acked, never dead-lettered.
     pub max_deliver: u64,
+    /// A saga restored from the journal is replayed record by record through the state
+    /// machine and the events compared with the journalled ones when its journal has at
+    /// most this many records (0: never). A mismatch stops the saga (FAILED, with a
+    /// non-determinism error) instead of letting it diverge.
+    pub verify_replay_max_records: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -61,6 +66,7 @@ impl Default for RuntimeConfig {
             relay_patience: Duration::from_secs(30),
             batch_size: 128,
             max_deliver: 10,
+            verify_replay_max_records: 1_000,
         }
     }
 }

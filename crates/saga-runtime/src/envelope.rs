@@ -373,6 +373,8 @@ pub struct DecodedRecord {
     pub snapshot: Option<Snapshot>,
     /// The trace it names (empty in records of untraced writers and earlier releases).
     pub trace: RecordTrace,
+    /// What happened in it, as journalled (compared with a replay).
+    pub events: Vec<pb::TransitionEvent>,
 }
 
 /// The trace a journal record names, without decoding the rest of it.
@@ -418,19 +420,21 @@ pub fn decode_record(sequence: u64, payload: &[u8]) -> Result<DecodedRecord, Str
             span_id: ev.span_id,
             saga_traceparent: ev.saga_traceparent,
         },
+        events: ev.events,
     })
 }
 
 /// The input that answers a command the broker refused for good (over its
-/// `max_payload`, say): a technical failure of that attempt, so the step's retry policy,
-/// then its compensation or the saga's failure, run as for a participant that failed,
+/// `max_payload`, say): a definite failure of that attempt, since the command never
+/// reached the service and sending it again would be refused the same way. The steps
+/// before it are undone (a refused compensation ends the saga FAILED, for an operator)
 /// instead of the command being tried forever. `None` when `msg` is not a command.
 pub fn refused_command(msg: &OutgoingMessage, why: &str) -> Option<Input> {
     let cmd = pb::StepCommand::decode(msg.payload.as_slice()).ok()?;
     if !msg.subject.starts_with("saga.cmd.") || cmd.step.is_empty() {
         return None;
     }
-    let outcome = saga_core::Outcome::TechnicalFailure {
+    let outcome = saga_core::Outcome::BusinessFailure {
         reason: format!(
             "the command {} ({} bytes) was refused by the broker: {why}",
             cmd.action,

@@ -13,9 +13,9 @@ use saga_ports::{
     dead_letter_message, Commit, Delivery, OutboxItem, PortError, SagaStore, StoreError, StoredSaga,
 };
 use tokio::sync::OwnedSemaphorePermit;
-use tracing::{debug, info, warn, Instrument, Span};
+use tracing::{debug, error, info, warn, Instrument, Span};
 
-use crate::envelope::{decode_record, refused_command, RecordTrace};
+use crate::envelope::{decode_record, refused_command, DecodedRecord, RecordTrace};
 use crate::interpret;
 use crate::trace;
 use crate::{Context, FaultPoint, RuntimeError};
@@ -78,6 +78,9 @@ pub struct SagaActorState {
     /// The saga's trace context (`traceparent`), kept in its journal records: inputs
     /// without one of their own continue it, timers link to it.
     trace: Option<String>,
+    /// Set when replaying the journal gave other events than the journalled ones: the
+    /// next input stops the saga with this non-determinism error instead of running it.
+    diverged: Option<String>,
 }
 
 impl Actor for SagaActor {
@@ -97,6 +100,7 @@ impl Actor for SagaActor {
             saga_type: args.saga_type,
             def,
             stored: None,
+            diverged: None,
             timers: BTreeMap::new(),
             activity: 0,
             resume: args.resume,
@@ -504,7 +508,10 @@ impl SagaActorState {
             return Ok(());
         };
         let now = self.ctx.clock.now();
-        let t = apply(&def, &stored.state, input, now);
+        let t = match &self.diverged {
+            Some(why) => saga_core::machine::halt(&stored.state, input, now, why),
+            None => apply(&def, &stored.state, input, now),
+        };
         let first = stored.state.version == 0;
         let span = Span::current();
         trace::record_transition(&span, input, &stored.state, &t.state);
@@ -696,10 +703,23 @@ impl SagaActorState {
             // A field, not `adopt_trace`: the restore permit borrows the context.
             self.trace = Some(record.trace.saga_traceparent.clone());
         }
+        let verify = record.version <= self.ctx.config.verify_replay_max_records;
         let snapshot = match record.snapshot {
+            Some(s) if verify => {
+                let (replayed, diverged) = self.replay(&def).await?;
+                self.diverged = diverged.or_else(|| same_state(&replayed.state, &s.state));
+                s
+            }
             Some(s) => s,
-            None => self.replay(&def).await?,
+            None => {
+                let (s, diverged) = self.replay(&def).await?;
+                self.diverged = diverged;
+                s
+            }
         };
+        if let Some(why) = &self.diverged {
+            error!(saga_id = %self.saga_id, saga_type = %self.saga_type, why, "non-deterministic replay: the saga is stopped at its next input");
+        }
         let now = self.ctx.clock.now();
         let terminal = snapshot.state.status.is_terminal();
         let outbox = if republish || !terminal {
@@ -720,9 +740,14 @@ impl SagaActorState {
         Ok(Some(commit.saga))
     }
 
-    /// Journals written before records carried snapshots: replay every record through
-    /// the state machine (deterministic for an unchanged definition).
-    async fn replay(&self, def: &SagaDefinition) -> Result<saga_ports::Snapshot, RuntimeError> {
+    /// Replays every record through the state machine and compares the events it gives
+    /// with the journalled ones (journals written before records carried snapshots are
+    /// rebuilt so; later ones are checked so). The first mismatch is returned: the
+    /// definition or the code changed under the saga, and going on would diverge.
+    async fn replay(
+        &self,
+        def: &SagaDefinition,
+    ) -> Result<(saga_ports::Snapshot, Option<String>), RuntimeError> {
         let bad = |why: String| RuntimeError::Journal {
             saga_id: self.saga_id.to_string(),
             why,
@@ -733,6 +758,7 @@ impl SagaActorState {
             .read(&self.saga_type, self.saga_id.as_str())
             .await?;
         let mut snapshot: Option<saga_ports::Snapshot> = None;
+        let mut diverged = None;
         for r in &records {
             let record = decode_record(r.sequence, &r.payload).map_err(bad)?;
             let (state, timers) = match snapshot.take() {
@@ -743,6 +769,9 @@ impl SagaActorState {
                 ),
             };
             let t = apply(def, &state, &record.input, record.recorded_at);
+            if diverged.is_none() {
+                diverged = compare_events(&record, &t.events);
+            }
             let first = state.version == 0;
             let out = interpret::transition(
                 &self.ctx,
@@ -760,8 +789,79 @@ impl SagaActorState {
                 effects: t.effects,
             });
         }
-        snapshot.ok_or_else(|| bad("the journal has no record".into()))
+        let snapshot = snapshot.ok_or_else(|| bad("the journal has no record".into()))?;
+        Ok((snapshot, diverged))
     }
+}
+
+/// `None` when the replayed saga stands where its last journalled snapshot says.
+fn same_state(replayed: &SagaState, journalled: &SagaState) -> Option<String> {
+    let shape = |s: &SagaState| {
+        let steps: Vec<String> = s
+            .steps
+            .iter()
+            .map(|x| {
+                format!(
+                    "{} {} {}/{}",
+                    x.name,
+                    x.status.as_str(),
+                    x.attempts,
+                    x.compensation_attempts
+                )
+            })
+            .collect();
+        format!(
+            "v{} {} at {} [{}]",
+            s.version,
+            s.status,
+            s.current_step_name().unwrap_or("-"),
+            steps.join(", ")
+        )
+    };
+    let (a, b) = (shape(replayed), shape(journalled));
+    (a != b).then(|| {
+        format!("non-deterministic replay: the journal leads to {a}, its last snapshot is {b}")
+    })
+}
+
+/// `None` when a replayed record gives the journalled events; otherwise what differs.
+/// Records written before events named their action are compared without it.
+fn compare_events(record: &DecodedRecord, replayed: &[saga_core::SagaEvent]) -> Option<String> {
+    let mut produced: Vec<saga_proto::TransitionEvent> = replayed
+        .iter()
+        .map(saga_proto::TransitionEvent::from)
+        .collect();
+    for (p, j) in produced.iter_mut().zip(&record.events) {
+        if j.action.is_empty() {
+            p.action.clear();
+        }
+    }
+    if produced == record.events {
+        return None;
+    }
+    let show = |events: &[saga_proto::TransitionEvent]| {
+        events
+            .iter()
+            .map(|e| {
+                let kind = saga_proto::TransitionEventKind::try_from(e.kind)
+                    .map(|k| k.as_str_name().trim_start_matches("TRANSITION_EVENT_KIND_"))
+                    .unwrap_or("UNKNOWN");
+                match (e.step.is_empty(), e.attempt) {
+                    (true, _) => kind.to_string(),
+                    (false, 0) => format!("{kind} {}", e.step),
+                    (false, a) => format!("{kind} {} {a}", e.step),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Some(format!(
+        "non-deterministic replay: record v{} ({}) now gives [{}], the journal has [{}]",
+        record.version,
+        record.input.id(),
+        show(&produced),
+        show(&record.events)
+    ))
 }
 
 /// Retries an unavailable broker with backoff for up to `relay_patience`.

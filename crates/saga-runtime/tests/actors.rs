@@ -832,7 +832,7 @@ async fn a_redelivered_start_on_another_worker_does_not_hold_back_the_input_behi
 }
 
 #[tokio::test]
-async fn a_command_the_broker_refuses_fails_its_attempt_and_the_saga_ends_visibly() {
+async fn a_command_the_broker_refuses_fails_its_step_and_the_saga_ends_visibly() {
     // The checkout, with a confirmation that is not retried (no backoff to wait for).
     let yaml = include_str!("../../../sagas/order-checkout.yaml")
         .replace("retryPolicy: exponentialBackoff(5)", "retryPolicy: none");
@@ -856,9 +856,11 @@ async fn a_command_the_broker_refuses_fails_its_attempt_and_the_saga_ends_visibl
         });
         pb::step_reply::Outcome::Ok(pb::StepOk { result })
     };
+    // The confirmation never reached the orders service: the steps before it are
+    // undone and the saga is COMPENSATED (retrying a refused pivot would never end).
     assert_eq!(
         rig.run_until_terminal("s-big", &big).await,
-        SagaStatus::Failed
+        SagaStatus::Compensated
     );
     // The refused command was never published; the compensations were, in reverse.
     let actions: Vec<String> = rig
@@ -892,11 +894,11 @@ async fn a_command_the_broker_refuses_fails_its_attempt_and_the_saga_ends_visibl
         .snapshot
         .unwrap()
         .state;
-    let why = state.failure_reason.unwrap_or_default();
-    assert!(why.contains("ConfirmOrder"), "{why}");
+    let why = state.compensation_reason.unwrap_or_default();
+    assert!(why.contains("step ConfirmOrder failed"), "{why}");
     let inputs = rig.journal_inputs("s-big");
     assert!(
-        inputs.iter().any(|i| i == "do:ConfirmOrder:1:technical"),
+        inputs.iter().any(|i| i == "do:ConfirmOrder:1:business"),
         "{inputs:?}"
     );
     // ...and the attempt's error, as GetSagaHistory shows it.

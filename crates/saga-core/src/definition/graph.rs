@@ -1,9 +1,10 @@
 //! Mermaid flowchart of a definition: forward steps as solid edges, compensations as
-//! dotted edges into hexagon nodes.
+//! dotted edges into hexagon nodes; the pivot is a thick-bordered "no return" node and
+//! retriable steps loop on themselves.
 
 use std::fmt::Write;
 
-use super::{Compensation, SagaDefinition};
+use super::{Compensation, SagaDefinition, StepKind};
 use crate::duration::format_duration;
 
 /// Draws the saga as a Mermaid `flowchart LR`.
@@ -13,17 +14,28 @@ pub fn mermaid(def: &SagaDefinition) -> String {
     let _ = writeln!(out, "    start((start))");
     let _ = writeln!(out, "    completed([COMPLETED])");
     let _ = writeln!(out, "    compensated([COMPENSATED])");
+    if def.steps.iter().any(|s| s.kind == StepKind::Retriable) {
+        let _ = writeln!(out, "    failed([FAILED])");
+    }
     for (i, s) in def.steps.iter().enumerate() {
-        let retries = s.retry.max_attempts - 1;
-        let _ = writeln!(
-            out,
-            "    s{i}[\"{}<br/>{}.{}<br/>timeout {}, retries {}\"]",
+        let retries = if s.retry.is_unbounded() {
+            "unbounded".to_string()
+        } else {
+            (s.retry.max_attempts - 1).to_string()
+        };
+        let label = format!(
+            "{}<br/>{}.{}<br/>timeout {}, retries {}",
             s.name,
             s.service,
             s.action,
             format_duration(s.timeout),
             retries
         );
+        let _ = match s.kind {
+            StepKind::Compensatable => writeln!(out, "    s{i}[\"{label}\"]"),
+            StepKind::Pivot => writeln!(out, "    s{i}[[\"PIVOT: {label}\"]]"),
+            StepKind::Retriable => writeln!(out, "    s{i}([\"{label}<br/>retriable\"])"),
+        };
         if let Compensation::Action(c) = &s.compensation {
             let _ = writeln!(
                 out,
@@ -54,6 +66,23 @@ pub fn mermaid(def: &SagaDefinition) -> String {
         "compensated".to_string()
     };
     for (i, s) in def.steps.iter().enumerate() {
+        match s.kind {
+            StepKind::Compensatable => {}
+            StepKind::Pivot => {
+                let _ = writeln!(
+                    out,
+                    "    s{i} -.->|business failure| {}",
+                    entry(i.checked_sub(1))
+                );
+                let _ = writeln!(out, "    s{i} -->|in doubt: retried until it answers| s{i}");
+                continue;
+            }
+            StepKind::Retriable => {
+                let _ = writeln!(out, "    s{i} -->|timeout / failure: retried| s{i}");
+                let _ = writeln!(out, "    s{i} -.->|refused: nothing undone| failed");
+                continue;
+            }
+        }
         let _ = writeln!(
             out,
             "    s{i} -.->|business failure| {}",
@@ -77,6 +106,13 @@ pub fn mermaid(def: &SagaDefinition) -> String {
         out,
         "    classDef comp fill:#fde2e1,stroke:#c0392b,stroke-dasharray: 4 3"
     );
+    if let Some(p) = def.pivot() {
+        let _ = writeln!(
+            out,
+            "    classDef pivot fill:#fff3c4,stroke:#b7950b,stroke-width:4px"
+        );
+        let _ = writeln!(out, "    class s{p} pivot");
+    }
     let comps: Vec<String> = def
         .steps
         .iter()

@@ -9,8 +9,8 @@ use serde_norway::{Mapping, Value};
 
 use super::{
     Compensation, CompensationDefinition, FailureKind, FailureScenario, Invariant, InvariantKind,
-    SagaDefinition, SagaEvents, SagaKind, StepDefinition, DEFAULT_DEADLINE_BUFFER,
-    DEFAULT_STEP_TIMEOUT,
+    SagaDefinition, SagaEvents, SagaKind, StepDefinition, StepKind, DEFAULT_DEADLINE_BUFFER,
+    DEFAULT_STEP_TIMEOUT, RETRIABLE_MIN_ATTEMPTS,
 };
 use crate::duration::{format_duration, parse_duration};
 use crate::retry::RetryPolicy;
@@ -154,6 +154,7 @@ const STEP_KEYS: &[&str] = &[
     "compensation",
     "timeout",
     "retryPolicy",
+    "kind",
     "description",
 ];
 const COMPENSATION_KEYS: &[&str] = &["action", "timeout", "retryPolicy"];
@@ -167,6 +168,8 @@ const EVENTS_KEYS: &[&str] = &["domain", "completed", "compensated"];
 pub(crate) struct Cx {
     pub(crate) errors: Vec<DefinitionError>,
     pub(crate) notes: Vec<Note>,
+    /// Per step of the saga being read: whether `kind:` was written.
+    explicit_kinds: Vec<bool>,
 }
 
 impl Cx {
@@ -336,6 +339,7 @@ impl Cx {
         if definition.steps.is_empty() {
             return None;
         }
+        self.step_kinds(&mut definition);
         self.compensation_coverage(&definition);
         definition.failure_scenarios = self.scenarios(&definition, m.get("failureScenarios"));
         definition.invariants = self.invariants(&definition, m.get("invariants"));
@@ -414,13 +418,31 @@ impl Cx {
             None => Compensation::Missing,
             Some(v) => self.compensation(&loc, v, timeout)?,
         };
+        let kind = match self.string(&loc, m, "kind", false).as_deref() {
+            None => None,
+            Some(k) => match k.to_ascii_lowercase().as_str() {
+                "compensatable" => Some(StepKind::Compensatable),
+                "pivot" => Some(StepKind::Pivot),
+                "retriable" | "retryable" => Some(StepKind::Retriable),
+                _ => {
+                    self.err(
+                        &loc,
+                        format!("`kind` `{k}` is not `compensatable`, `pivot` or `retriable`"),
+                    );
+                    None
+                }
+            },
+        };
         if self.errors.len() > before {
             return None;
         }
+        self.explicit_kinds.resize(i, false);
+        self.explicit_kinds.push(kind.is_some());
         Some(StepDefinition {
             name: name?,
             service: service?,
             action: action?,
+            kind: kind.unwrap_or(StepKind::Compensatable),
             compensation,
             timeout,
             retry,
@@ -498,6 +520,9 @@ impl Cx {
                 self.check_keys(&rloc, m, RETRY_KEYS);
                 let before = self.errors.len();
                 let max_attempts = match m.get("max_attempts") {
+                    Some(Value::String(u)) if u.trim().eq_ignore_ascii_case("unbounded") => {
+                        RetryPolicy::UNBOUNDED
+                    }
                     Some(Value::Number(n))
                         if n.as_u64().is_some_and(|a| (1..=1000).contains(&a)) =>
                     {
@@ -507,7 +532,8 @@ impl Cx {
                         self.err(
                             &rloc,
                             format!(
-                                "`max_attempts` must be a whole number from 1 to 1000, found {}",
+                                "`max_attempts` must be a whole number from 1 to 1000 or \
+                                 `unbounded`, found {}",
                                 show(other)
                             ),
                         );
@@ -518,7 +544,8 @@ impl Cx {
                         1
                     }
                 };
-                let mut p = RetryPolicy::exponential_backoff(max_attempts - 1);
+                let mut p = RetryPolicy::exponential_backoff(0);
+                p.max_attempts = max_attempts;
                 if let Some(d) = self.duration(&rloc, m, "initial") {
                     p.initial = d;
                 }
@@ -549,7 +576,7 @@ impl Cx {
                 self.err(
                     loc,
                     format!(
-                        "`{key}` must be `none`, `exponentialBackoff(N)` or a map, found {}",
+                        "`{key}` must be `none`, `unbounded`, `exponentialBackoff(N)` or a map, found {}",
                         kind(other)
                     ),
                 );
@@ -566,16 +593,127 @@ impl Cx {
     fn compensation_coverage(&mut self, def: &SagaDefinition) {
         let last = def.steps.len() - 1;
         for (i, step) in def.steps.iter().enumerate() {
-            if i < last && step.compensation == Compensation::Missing {
+            if i < last
+                && step.kind == StepKind::Compensatable
+                && step.compensation == Compensation::Missing
+            {
                 self.err(
                     &step_loc(i, Some(&step.name)),
                     format!(
                         "no `compensation`, but a later step (`{}`) can fail and this step would \
-                         then stay done: name a compensating action, or write `compensation: none` \
-                         if it needs no undo",
+                         then stay done: name a compensating action, write `compensation: none` \
+                         if it needs no undo, or `kind: pivot` if it is the point of no return",
                         def.steps[i + 1].name
                     ),
                 );
+            }
+        }
+    }
+
+    /// Gives every step its kind (the written one, or the default) and checks the
+    /// order the theory demands: compensatable steps, at most one pivot, retriable steps.
+    fn step_kinds(&mut self, def: &mut SagaDefinition) {
+        let explicit = std::mem::take(&mut self.explicit_kinds);
+        let written = |i: usize| explicit.get(i).copied().unwrap_or(false);
+        let last = def.steps.len() - 1;
+        let pivot = def.steps.iter().position(|s| s.kind == StepKind::Pivot);
+        for (i, s) in def.steps.iter_mut().enumerate() {
+            // Default: compensatable with a compensation. Without one: retriable after
+            // the pivot; the last step is retriable when its policy is long enough to
+            // be, and otherwise the pivot (a definite failure undoes the steps before
+            // it, a timeout is retried until it answers).
+            if written(i) || s.compensation != Compensation::Missing {
+                continue;
+            }
+            if pivot.is_some_and(|p| i > p) {
+                s.kind = StepKind::Retriable;
+            } else if i == last {
+                let long = s.retry.is_unbounded() || s.retry.max_attempts >= RETRIABLE_MIN_ATTEMPTS;
+                s.kind = if long {
+                    StepKind::Retriable
+                } else {
+                    StepKind::Pivot
+                };
+            }
+        }
+        let mut pivot: Option<usize> = None;
+        let mut first_retriable: Option<usize> = None;
+        for (i, s) in def.steps.iter().enumerate() {
+            let loc = step_loc(i, Some(&s.name));
+            match s.kind {
+                StepKind::Pivot => {
+                    if let Some(p) = pivot {
+                        self.err(
+                            &loc,
+                            format!(
+                                "a saga has at most one pivot, and `{}` (steps[{p}]) is already it",
+                                def.steps[p].name
+                            ),
+                        );
+                    } else if let Some(r) = first_retriable {
+                        self.err(
+                            &loc,
+                            format!(
+                                "the pivot must come before the retriable steps, but `{}` \
+                                 (steps[{r}]) is retriable and comes first",
+                                def.steps[r].name
+                            ),
+                        );
+                    }
+                    if s.compensation != Compensation::Missing {
+                        self.err(
+                            &loc,
+                            "a pivot is the point of no return and is never undone: remove \
+                             `compensation`, or make the step `kind: compensatable`",
+                        );
+                    }
+                    pivot.get_or_insert(i);
+                }
+                StepKind::Retriable => {
+                    if s.compensation != Compensation::Missing {
+                        self.err(
+                            &loc,
+                            "a retriable step is never compensated: remove `compensation`, or \
+                             make the step `kind: compensatable` (before the pivot)",
+                        );
+                    }
+                    if !s.retry.is_unbounded() && s.retry.max_attempts < RETRIABLE_MIN_ATTEMPTS {
+                        let why = if written(i) {
+                            ""
+                        } else {
+                            " (it is retriable because it follows the pivot and has no \
+                             compensation)"
+                        };
+                        self.err(
+                            &loc,
+                            format!(
+                                "a retriable step is retried until it succeeds, never compensated \
+                                 nor abandoned, so its `retryPolicy` must be `unbounded` or allow \
+                                 at least {RETRIABLE_MIN_ATTEMPTS} attempts; it allows {}{why}",
+                                s.retry.max_attempts
+                            ),
+                        );
+                    }
+                    first_retriable.get_or_insert(i);
+                }
+                StepKind::Compensatable => {
+                    if let Some(p) = pivot.or(first_retriable) {
+                        let what = if pivot.is_some() {
+                            "the pivot"
+                        } else {
+                            "the retriable step"
+                        };
+                        self.err(
+                            &loc,
+                            format!(
+                                "nothing after {what} `{}` (steps[{p}]) can be compensated: make \
+                                 this step `kind: retriable` (retried until it succeeds) or move it \
+                                 before `{}`",
+                                def.steps[p].name, def.steps[p].name
+                            ),
+                        );
+                    }
+                }
             }
         }
     }
@@ -780,12 +918,15 @@ fn parse_retry_text(s: &str) -> Result<RetryPolicy, String> {
     if t.eq_ignore_ascii_case("none") {
         return Ok(RetryPolicy::none());
     }
+    if t.eq_ignore_ascii_case("unbounded") {
+        return Ok(RetryPolicy::unbounded());
+    }
     let inner = t
         .strip_prefix("exponentialBackoff(")
         .and_then(|r| r.strip_suffix(')'))
         .ok_or_else(|| {
-            "expected `none`, `exponentialBackoff(N)` or a map with max_attempts, initial, \
-             multiplier, max, jitter"
+            "expected `none`, `unbounded`, `exponentialBackoff(N)` or a map with max_attempts, \
+             initial, multiplier, max, jitter"
                 .to_string()
         })?;
     match inner.trim().parse::<u32>() {

@@ -65,6 +65,8 @@ pub struct StepDefinition {
     pub service: String,
     /// Action the service runs.
     pub action: String,
+    /// Compensatable, the pivot, or retriable (`kind:`; see [`StepKind`]).
+    pub kind: StepKind,
     /// How to undo it.
     pub compensation: Compensation,
     /// How long one attempt may take before it is in doubt.
@@ -72,6 +74,55 @@ pub struct StepDefinition {
     /// How often it is tried on timeouts and technical failures.
     pub retry: RetryPolicy,
 }
+
+/// The three kinds of saga step.
+///
+/// A saga is a run of compensatable steps, then at most one pivot (the point of no
+/// return), then retriable steps. Before the pivot a failure, a cancel or the deadline
+/// undoes what ran; once the pivot has been sent nothing is undone any more: the pivot
+/// and the steps after it are retried until they answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StepKind {
+    /// Undone (by its compensation, or nothing to undo) when a later step fails, on a
+    /// cancel and at the deadline. The default for a step with a `compensation`.
+    Compensatable,
+    /// The point of no return; it cannot be undone. A definite failure ("no") undoes the
+    /// steps before it; a timeout or technical failure is retried (past its policy, at
+    /// its longest delay) until it answers, since it may have happened. Cancels and the
+    /// deadline are not acted on once it has been sent.
+    Pivot,
+    /// After the pivot (or the last step, without a compensation and with a long or
+    /// unbounded retry policy; with a short one it is the pivot): never compensated,
+    /// never abandoned; retried with its backoff past the saga deadline. Needs a long
+    /// or `unbounded` retry policy. A definite failure ends the saga FAILED for an
+    /// operator (a retriable step must eventually succeed).
+    Retriable,
+}
+
+impl StepKind {
+    /// Name as written in YAML (`compensatable`, `pivot`, `retriable`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Compensatable => "compensatable",
+            Self::Pivot => "pivot",
+            Self::Retriable => "retriable",
+        }
+    }
+
+    /// Whether a failure, cancel or deadline met while this step runs undoes the saga.
+    pub fn undoable(self) -> bool {
+        self == Self::Compensatable
+    }
+}
+
+impl std::fmt::Display for StepKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Fewest attempts a bounded retry policy of a retriable step may allow.
+pub const RETRIABLE_MIN_ATTEMPTS: u32 = 10;
 
 /// How a step is undone.
 #[derive(Debug, Clone, PartialEq)]
@@ -167,11 +218,18 @@ impl SagaDefinition {
         self.steps.iter().position(|s| s.name == name)
     }
 
-    /// Worst case of the forward steps: every attempt timing out and every backoff at
-    /// its upper bound.
+    /// Index of the pivot, if the saga has one.
+    pub fn pivot(&self) -> Option<usize> {
+        self.steps.iter().position(|s| s.kind == StepKind::Pivot)
+    }
+
+    /// Worst case of the forward steps the deadline guards: every attempt timing out and
+    /// every backoff at its upper bound, over the steps up to and including the pivot
+    /// (retriable steps run past the deadline and are not counted).
     pub fn steps_worst_case(&self) -> Duration {
         self.steps
             .iter()
+            .filter(|s| s.kind != StepKind::Retriable)
             .map(|s| s.retry.worst_case(s.timeout))
             .fold(Duration::ZERO, Duration::saturating_add)
     }

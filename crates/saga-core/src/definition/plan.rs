@@ -1,7 +1,7 @@
 //! The compensation plan derived from the steps: which compensations run, in which
 //! order, when a given step fails.
 
-use super::{Compensation, SagaDefinition};
+use super::{Compensation, SagaDefinition, StepKind};
 
 /// How a step failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,15 +25,23 @@ pub struct PlannedScenario {
     /// Steps that would be compensated but declare no compensation (the saga then ends
     /// FAILED, for an operator).
     pub unresolved: Vec<String>,
+    /// The step is not given up: a pivot or retriable step in doubt is tried again
+    /// until it answers, and nothing is compensated.
+    pub retried: bool,
+    /// A retriable step refused: nothing after the point of no return is undone, the
+    /// saga ends FAILED for an operator.
+    pub refused_past_pivot: bool,
 }
 
 impl PlannedScenario {
     /// The terminal state the saga reaches if every compensation succeeds.
     pub fn outcome(&self) -> &'static str {
-        if self.unresolved.is_empty() {
-            "COMPENSATED"
-        } else {
+        if self.retried {
+            "RETRIED until it answers"
+        } else if self.refused_past_pivot || !self.unresolved.is_empty() {
             "FAILED"
+        } else {
+            "COMPENSATED"
         }
     }
 }
@@ -41,6 +49,19 @@ impl PlannedScenario {
 impl SagaDefinition {
     /// The scenario where step `failed` fails as `kind` after all earlier steps completed.
     pub fn plan_for(&self, failed: usize, kind: FailureKind) -> PlannedScenario {
+        let step = &self.steps[failed];
+        let retried = kind == FailureKind::InDoubt && step.kind != StepKind::Compensatable;
+        let refused_past_pivot = kind == FailureKind::Business && step.kind == StepKind::Retriable;
+        if retried || refused_past_pivot {
+            return PlannedScenario {
+                step: step.name.clone(),
+                kind,
+                compensations: Vec::new(),
+                unresolved: Vec::new(),
+                retried,
+                refused_past_pivot,
+            };
+        }
         let last = match kind {
             FailureKind::Business => failed,
             FailureKind::InDoubt => failed + 1,
@@ -59,6 +80,8 @@ impl SagaDefinition {
             kind,
             compensations,
             unresolved,
+            retried: false,
+            refused_past_pivot: false,
         }
     }
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::types::*;
-use crate::definition::{Compensation, SagaDefinition};
+use crate::definition::{Compensation, SagaDefinition, StepKind};
 use crate::duration::format_duration;
 use crate::ids::{idempotency_key, stable_hash, SagaId, Timestamp};
 
@@ -60,12 +60,101 @@ pub fn apply(def: &SagaDefinition, state: &SagaState, input: &Input, now: Timest
     m.s.version += 1;
     m.s.updated_at = now;
     m.s.applied_inputs.insert(input.id());
-    m.input(input);
+    match fits(def, state) {
+        Ok(()) => m.input(input),
+        Err(why) => m.misfit(why),
+    }
     Transition {
         state: m.s,
         events: m.events,
         effects: m.effects,
     }
+}
+
+/// Stops a saga that must not go on (its replay diverged from its journal, say): a
+/// running saga ends FAILED with `reason`, sending and undoing nothing, for an operator;
+/// an ended one ignores the input. The input is recorded as applied.
+pub fn halt(state: &SagaState, input: &Input, now: Timestamp, reason: &str) -> Transition {
+    let mut s = state.clone();
+    s.version += 1;
+    s.updated_at = now;
+    s.applied_inputs.insert(input.id());
+    if s.status.is_terminal() {
+        let reason = format!("saga is already {}", s.status);
+        return Transition {
+            state: s,
+            events: vec![SagaEvent::InputIgnored { reason }],
+            effects: Vec::new(),
+        };
+    }
+    s.status = SagaStatus::Failed;
+    s.current_step = None;
+    s.failure_reason = Some(reason.to_string());
+    Transition {
+        state: s,
+        events: vec![SagaEvent::SagaFailed {
+            reason: reason.to_string(),
+        }],
+        effects: vec![
+            Effect::CancelTimer {
+                key: TimerKey::deadline(),
+            },
+            Effect::Finish {
+                status: SagaStatus::Failed,
+            },
+        ],
+    }
+}
+
+/// Whether a state can be driven by a definition: same type, same steps in the same
+/// order, a current step that exists. A saga whose definition changed under it (a step
+/// removed, renamed or moved) fails this, and is stopped instead of run on the wrong plan.
+pub fn fits(def: &SagaDefinition, s: &SagaState) -> Result<(), String> {
+    if s.saga_type != def.name {
+        return Err(format!(
+            "the saga is a `{}`, the definition is `{}`",
+            s.saga_type, def.name
+        ));
+    }
+    if s.steps.len() != def.steps.len() {
+        return Err(format!(
+            "the saga has {} steps ({}), its definition {} ({})",
+            s.steps.len(),
+            s.steps
+                .iter()
+                .map(|x| x.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            def.steps.len(),
+            def.steps
+                .iter()
+                .map(|x| x.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if let Some((i, (a, b))) = s
+        .steps
+        .iter()
+        .zip(&def.steps)
+        .enumerate()
+        .find(|(_, (a, b))| a.name != b.name)
+    {
+        return Err(format!(
+            "step {} is `{}` in the saga and `{}` in its definition",
+            i + 1,
+            a.name,
+            b.name
+        ));
+    }
+    if let Some(i) = s.current_step.filter(|i| *i >= s.steps.len()) {
+        return Err(format!(
+            "the current step is number {}, but there are {} steps",
+            i + 1,
+            s.steps.len()
+        ));
+    }
+    Ok(())
 }
 
 struct Machine<'d> {
@@ -103,6 +192,41 @@ impl Machine<'_> {
             Input::Cancel { reason } => self.cancel(format!("cancelled: {reason}")),
             Input::DeadlineExceeded => self.deadline(),
         }
+    }
+
+    /// The state does not fit the definition: a running saga is stopped (FAILED, for an
+    /// operator: migrate it or run it on its own version), never driven on a plan that
+    /// is not its own; an ended one stays as it is.
+    fn misfit(&mut self, why: String) {
+        if self.s.status.is_terminal() {
+            return self.ignore(format!("saga is already {}", self.s.status));
+        }
+        let reason = format!("state does not fit its definition: {why}");
+        self.s.status = SagaStatus::Failed;
+        self.s.current_step = None;
+        self.s.failure_reason = Some(reason.clone());
+        self.effects.push(Effect::CancelTimer {
+            key: TimerKey::deadline(),
+        });
+        self.events.push(SagaEvent::SagaFailed { reason });
+        self.effects.push(Effect::Finish {
+            status: SagaStatus::Failed,
+        });
+    }
+
+    /// A step past the point of no return cannot go on: the saga ends FAILED without
+    /// undoing anything, for an operator to finish.
+    fn fail_forward(&mut self, reason: String) {
+        self.s.status = SagaStatus::Failed;
+        self.s.current_step = None;
+        self.s.failure_reason = Some(reason.clone());
+        self.effects.push(Effect::CancelTimer {
+            key: TimerKey::deadline(),
+        });
+        self.events.push(SagaEvent::SagaFailed { reason });
+        self.effects.push(Effect::Finish {
+            status: SagaStatus::Failed,
+        });
     }
 
     fn index(&self, step: &str) -> Option<usize> {
@@ -187,6 +311,7 @@ impl Machine<'_> {
         self.events.push(SagaEvent::StepStarted {
             step: def.name.clone(),
             attempt,
+            action: def.action.clone(),
         });
         self.effects.push(Effect::SendCommand(Command {
             step: def.name.clone(),
@@ -247,6 +372,12 @@ impl Machine<'_> {
                     attempt,
                     reason: reason.clone(),
                 });
+                if self.def.steps[i].kind == StepKind::Retriable {
+                    return self.fail_forward(format!(
+                        "retriable step {name} refused: {reason}; nothing past the point of no \
+                         return is undone: an operator must finish it"
+                    ));
+                }
                 self.begin_compensation(format!("step {name} failed: {reason}"));
             }
             Outcome::TechnicalFailure { reason } => {
@@ -270,7 +401,9 @@ impl Machine<'_> {
     fn retry_or_give_up(&mut self, i: usize, reason: String) {
         let def = &self.def.steps[i];
         let attempt = self.s.steps[i].attempts;
-        if def.retry.allows_retry_after(attempt) {
+        // A pivot in doubt may have happened and cannot be undone: it is tried again
+        // (idempotently, at its longest delay once its policy is spent) until it answers.
+        if def.kind == StepKind::Pivot || def.retry.allows_retry_after(attempt) {
             let delay = def.retry.delay(attempt, self.seed(i, &def.action, attempt));
             self.s.steps[i].status = StepStatus::WaitingRetry;
             self.events.push(SagaEvent::RetryScheduled {
@@ -279,6 +412,14 @@ impl Machine<'_> {
                 delay,
             });
             self.arm(TimerKind::RetryBackoff, i, attempt, delay);
+        } else if def.kind == StepKind::Retriable {
+            let name = def.name.clone();
+            let why = format!(
+                "retriable step {name} gave up after {attempt} attempt(s): {reason}; nothing past \
+                 the point of no return is undone: an operator must finish it"
+            );
+            self.mark_in_doubt(i, reason);
+            self.fail_forward(why);
         } else {
             let name = def.name.clone();
             let why = format!("step {name} gave up after {attempt} attempt(s): {reason}");
@@ -416,14 +557,18 @@ impl Machine<'_> {
                         self.s.steps[i].status,
                         StepStatus::Running | StepStatus::WaitingRetry
                     ) {
-                        if matches!(self.def.steps[i].compensation, Compensation::Missing) {
+                        let step = &self.def.steps[i];
+                        if !step.kind.undoable()
+                            || matches!(step.compensation, Compensation::Missing)
+                        {
                             // Past the point of no return: interrupting a step that
                             // cannot be undone would leave its outcome unknown and the
-                            // saga FAILED. It is left to finish (its own retries bound
-                            // it); a definite failure still compensates the rest.
+                            // saga FAILED. It is left to finish; a definite failure of
+                            // the pivot still compensates the steps before it.
                             let name = self.s.steps[i].name.clone();
+                            let kind = step.kind;
                             return self.ignore(format!(
-                                "{reason}: not acted on, step `{name}` cannot be undone and is left to finish"
+                                "{reason}: not acted on, step `{name}` ({kind}) cannot be undone and is left to finish"
                             ));
                         }
                         self.disarm_step(i);
@@ -493,6 +638,7 @@ impl Machine<'_> {
         self.events.push(SagaEvent::CompensationStepStarted {
             step: def.name.clone(),
             attempt,
+            action: comp.action.clone(),
         });
         self.effects.push(Effect::SendCommand(Command {
             step: def.name.clone(),

@@ -5,5 +5,5 @@ mod apply;
 mod tests;
 mod types;
 
-pub use apply::apply;
+pub use apply::{apply, fits, halt};
 pub use types::*;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::definition::parse_definition;
+use crate::definition::{parse_definition, StepKind};
 use crate::testing::*;
 use crate::SagaDefinition;
 
@@ -142,9 +142,20 @@ fn rule1_step_declaring_no_compensation_is_skipped() {
         .then_commands(&[]);
 }
 
+/// The checkout with its last step declared compensatable (no pivot): the behaviour
+/// before step kinds, still available when written.
+fn checkout_without_pivot() -> SagaDefinition {
+    let text = include_str!("../../../../sagas/order-checkout.yaml")
+        .replace("kind: pivot", "kind: compensatable");
+    parse_definition("order-checkout.yaml", &text)
+        .unwrap()
+        .definition
+}
+
 #[test]
-fn rule1_last_step_in_doubt_without_compensation_ends_failed_after_undoing_the_rest() {
-    let def = checkout();
+fn rule1_last_compensatable_step_in_doubt_without_compensation_ends_failed_after_undoing_the_rest()
+{
+    let def = checkout_without_pivot();
     let mut given = vec![start(), ok("ReserveStock", 1), ok("ChargePayment", 1)];
     for attempt in 1..=5 {
         given.push(fired(TimerKind::StepTimeout, "ConfirmOrder", attempt));
@@ -170,6 +181,224 @@ fn rule1_last_step_in_doubt_without_compensation_ends_failed_after_undoing_the_r
             Outcome::Ok { result: vec![] },
         ))
         .then_status(SagaStatus::Failed);
+}
+
+// Step kinds: compensatable steps, the pivot (point of no return), retriable steps.
+
+#[test]
+fn kinds_a_pivot_in_doubt_is_retried_past_its_policy_and_nothing_is_undone() {
+    let def = checkout();
+    assert_eq!(def.steps[2].kind, StepKind::Pivot);
+    let mut given = vec![start(), ok("ReserveStock", 1), ok("ChargePayment", 1)];
+    for attempt in 1..=6 {
+        given.push(fired(TimerKind::StepTimeout, "ConfirmOrder", attempt));
+        given.push(fired(TimerKind::RetryBackoff, "ConfirmOrder", attempt));
+    }
+    // exponentialBackoff(5) allows 6 attempts; the pivot goes on with a 7th and 8th.
+    let t = SagaTest::new(def.clone())
+        .given(given.clone())
+        .when(fired(TimerKind::StepTimeout, "ConfirmOrder", 7))
+        .then_status(SagaStatus::Running)
+        .then_step("ConfirmOrder", StepStatus::WaitingRetry)
+        .then_commands(&[]);
+    let delay = t
+        .transition()
+        .events
+        .iter()
+        .find_map(|e| match e {
+            SagaEvent::RetryScheduled {
+                next_attempt: 8,
+                delay,
+                ..
+            } => Some(*delay),
+            _ => None,
+        })
+        .expect("an 8th attempt is scheduled");
+    assert!(delay <= def.steps[2].retry.max, "{delay:?}");
+    // The deadline long past: not acted on; the late answer completes the saga.
+    given.push(fired(TimerKind::Deadline, "", 0));
+    given.push(fired(TimerKind::StepTimeout, "ConfirmOrder", 7));
+    given.push(fired(TimerKind::RetryBackoff, "ConfirmOrder", 7));
+    SagaTest::new(def)
+        .given(given)
+        .when(ok("ConfirmOrder", 8))
+        .then_status(SagaStatus::Completed)
+        .then_commands(&[]);
+}
+
+#[test]
+fn kinds_a_pivot_refusal_undoes_the_steps_before_it() {
+    SagaTest::new(checkout())
+        .given([start(), ok("ReserveStock", 1), ok("ChargePayment", 1)])
+        .when(business("ConfirmOrder", 1, "order already cancelled"))
+        .then_status(SagaStatus::Compensating)
+        .then_commands(&[("ChargePayment", "RefundPayment", 1)]);
+}
+
+const SHIPPING: &str = r#"
+saga:
+  name: Shipping
+  steps:
+    - name: Reserve
+      service: stock
+      action: Reserve
+      compensation: Release
+      timeout: 1s
+    - name: Charge
+      service: payment
+      action: Charge
+      kind: pivot
+      timeout: 1s
+      retryPolicy: exponentialBackoff(2)
+    - name: Ship
+      service: shipping
+      action: Ship
+      timeout: 1s
+      retryPolicy: {max_attempts: 12, initial: 100ms, multiplier: 2, max: 1s, jitter: 0}
+    - name: Notify
+      service: mail
+      action: Notify
+      timeout: 1s
+      retryPolicy: unbounded
+"#;
+
+fn shipping() -> SagaDefinition {
+    parse_definition("shipping.yaml", SHIPPING)
+        .unwrap()
+        .definition
+}
+
+#[test]
+fn kinds_steps_after_the_pivot_default_to_retriable_and_the_deadline_ignores_them() {
+    let def = shipping();
+    let kinds: Vec<StepKind> = def.steps.iter().map(|s| s.kind).collect();
+    use StepKind::*;
+    assert_eq!(kinds, [Compensatable, Pivot, Retriable, Retriable]);
+    // The derived deadline covers the steps up to the pivot only.
+    assert!(
+        def.deadline() < Duration::from_secs(30),
+        "{:?}",
+        def.deadline()
+    );
+    let given = [start(), ok("Reserve", 1), ok("Charge", 1)];
+    let t = SagaTest::new(def.clone())
+        .given(given.clone())
+        .when(fired(TimerKind::Deadline, "", 0))
+        .then_status(SagaStatus::Running)
+        .then_commands(&[]);
+    assert!(t.transition().is_ignored());
+    SagaTest::new(def)
+        .given(given)
+        .when(Input::Cancel {
+            reason: "user".into(),
+        })
+        .then_ignored();
+}
+
+#[test]
+fn kinds_a_retriable_step_is_retried_with_capped_backoff_and_never_compensated() {
+    let def = shipping();
+    let mut given = vec![start(), ok("Reserve", 1), ok("Charge", 1), ok("Ship", 1)];
+    for attempt in 1..=40 {
+        given.push(technical("Notify", attempt, "mail server down"));
+        given.push(fired(TimerKind::RetryBackoff, "Notify", attempt));
+    }
+    let t = SagaTest::new(def.clone())
+        .given(given.clone())
+        .when(technical("Notify", 41, "mail server down"))
+        .then_status(SagaStatus::Running)
+        .then_step("Notify", StepStatus::WaitingRetry);
+    assert!(t.transition().events.iter().any(|e| matches!(
+        e,
+        SagaEvent::RetryScheduled { next_attempt: 42, delay, .. } if *delay <= Duration::from_secs(30)
+    )));
+    SagaTest::new(def)
+        .given(given)
+        .when(ok("Notify", 41))
+        .then_status(SagaStatus::Completed);
+}
+
+#[test]
+fn kinds_a_retriable_step_that_refuses_or_runs_out_fails_the_saga_undoing_nothing() {
+    let def = shipping();
+    let given = vec![start(), ok("Reserve", 1), ok("Charge", 1)];
+    let t = SagaTest::new(def.clone())
+        .given(given.clone())
+        .when(business("Ship", 1, "address unknown"))
+        .then_status(SagaStatus::Failed)
+        .then_commands(&[]);
+    let why = t.transition().state.failure_reason.clone().unwrap();
+    assert!(
+        why.contains("retriable step Ship refused: address unknown"),
+        "{why}"
+    );
+    let mut spent = given;
+    for attempt in 1..=11 {
+        spent.push(fired(TimerKind::StepTimeout, "Ship", attempt));
+        spent.push(fired(TimerKind::RetryBackoff, "Ship", attempt));
+    }
+    let t = SagaTest::new(def)
+        .given(spent)
+        .when(fired(TimerKind::StepTimeout, "Ship", 12))
+        .then_status(SagaStatus::Failed)
+        .then_commands(&[]);
+    let why = t.transition().state.failure_reason.clone().unwrap();
+    assert!(why.contains("gave up after 12 attempt(s)"), "{why}");
+}
+
+#[test]
+fn history_events_name_the_action_of_every_command() {
+    let def = travel();
+    let t = SagaTest::new(def.clone())
+        .given([start(), ok(FLIGHT, 1)])
+        .when(business(HOTEL, 1, "full"));
+    assert!(t.transition().events.iter().any(|e| matches!(
+        e,
+        SagaEvent::CompensationStepStarted { step, attempt: 1, action }
+            if step == FLIGHT && action == "cancelFlightReservation"
+    )));
+    let t = SagaTest::new(def).when(start());
+    assert!(t.transition().events.iter().any(|e| matches!(
+        e,
+        SagaEvent::StepStarted { step, attempt: 1, action }
+            if step == FLIGHT && action == "reserveFlight"
+    )));
+}
+
+#[test]
+fn a_state_that_does_not_fit_its_definition_fails_the_saga_instead_of_panicking() {
+    let travel = travel();
+    let mut sim = Simulation::new(&travel, "s-1");
+    sim.feed(&start());
+    sim.feed(&ok(FLIGHT, 1));
+    // The definition changed under the saga: its second step removed.
+    let mut shorter = travel.clone();
+    shorter.steps.remove(1);
+    for input in [
+        ok(HOTEL, 1),
+        fired(TimerKind::StepTimeout, HOTEL, 1),
+        Input::Cancel { reason: "x".into() },
+    ] {
+        let t = apply(&shorter, &sim.state, &input, 10);
+        assert_eq!(t.state.status, SagaStatus::Failed);
+        let why = t.state.failure_reason.clone().unwrap();
+        assert!(
+            why.starts_with("state does not fit its definition: the saga has 3 steps"),
+            "{why}"
+        );
+        assert_eq!(t.commands().count(), 0);
+    }
+    // A renamed step is caught too, and an ended saga stays as it is.
+    let mut renamed = travel.clone();
+    renamed.steps[1].name = "BookHotel".into();
+    let t = apply(&renamed, &sim.state, &ok(HOTEL, 1), 10);
+    assert!(t
+        .state
+        .failure_reason
+        .unwrap()
+        .contains("`ReserveHotel` in the saga and `BookHotel`"));
+    let failed = apply(&shorter, &sim.state, &ok(HOTEL, 1), 10).state;
+    assert!(apply(&shorter, &failed, &ok(HOTEL, 1), 11).is_ignored());
 }
 
 // Rule 2: retries with backoff; business failures not retried; compensations retried

@@ -308,6 +308,9 @@ pub enum SagaEvent {
         step: String,
         /// Attempt.
         attempt: u32,
+        /// The action sent (`saga.cmd.<service>.<action>`).
+        #[serde(default)]
+        action: String,
     },
     /// A step succeeded.
     StepSucceeded {
@@ -368,6 +371,9 @@ pub enum SagaEvent {
         step: String,
         /// Compensation attempt.
         attempt: u32,
+        /// The compensating action sent.
+        #[serde(default)]
+        action: String,
     },
     /// A compensation attempt failed or timed out.
     CompensationAttemptFailed {
