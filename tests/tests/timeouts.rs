@@ -139,3 +139,106 @@ async fn when_retries_run_out_the_in_doubt_step_is_compensated() {
     assert!(!log.iter().any(|l| l.contains("Last")), "{log:?}");
     participant.abort();
 }
+
+/// A pivot, then a retriable step whose participant is down far past the saga deadline.
+const RETRIABLE_SAGA: &str = "saga:
+  name: RetriableSaga
+  timeout: 2s
+  steps:
+    - name: Slow
+      service: slowsvc
+      action: doSlow
+      compensation: undoSlow
+      timeout: 1s
+    - name: Charge
+      service: slowsvc
+      action: doCharge
+      kind: pivot
+      timeout: 1s
+    - name: Notify
+      service: slowsvc
+      action: doNotify
+      timeout: 300ms
+      retryPolicy: {max_attempts: unbounded, initial: 100ms, multiplier: 2, max: 400ms, jitter: 0}
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retriable_step_whose_participant_is_down_past_the_deadline_completes_when_it_returns() {
+    let stack = Stack::new();
+    let sagas = sagas_dir_with(&stack, &[("retriable.yaml", RETRIABLE_SAGA)]);
+    let _worker = stack.worker("w", &[("SAGAS_DIR", sagas.to_str().unwrap())]);
+    let js = stack.js().await;
+    wait_provisioned(&js).await;
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let notify_up = up.clone();
+    let participant = tokio::spawn(play_participant(
+        js.clone(),
+        Arc::new(move |c: &pb::StepCommand| match c.action.as_str() {
+            "doNotify" if !notify_up.load(std::sync::atomic::Ordering::SeqCst) => None,
+            _ => ok(),
+        }),
+    ));
+    start_saga(&js, "RetriableSaga", "r-1", pb::Payload::default()).await;
+    // The deadline (2s) passes while Notify is down: it is recorded, not acted on, and
+    // Notify is tried again and again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = event_log(&journal(&js, "RetriableSaga", "r-1").await);
+        let attempts = log
+            .iter()
+            .filter(|l| l.starts_with("STEP_STARTED Notify"))
+            .count();
+        let j = journal(&js, "RetriableSaga", "r-1").await;
+        let deadline_ignored = j.iter().flat_map(|e| &e.events).any(|t| {
+            t.kind() == pb::TransitionEventKind::InputIgnored
+                && t.reason.contains("deadline")
+                && t.reason.contains("`Notify` (retriable)")
+        });
+        if deadline_ignored && attempts >= 8 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the deadline was not passed with Notify retried: {log:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    up.store(true, std::sync::atomic::Ordering::SeqCst);
+    let states = wait_terminal(
+        &js,
+        "RetriableSaga",
+        &["r-1".into()],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(states, [pb::SagaState::Completed]);
+    let j = journal(&js, "RetriableSaga", "r-1").await;
+    let log = event_log(&j);
+    assert!(!log.iter().any(|l| l.contains("COMPENSATION")), "{log:?}");
+    // The backoff is capped at the policy's max (400ms), past any attempt count.
+    let delays: Vec<u64> = j
+        .iter()
+        .flat_map(|e| &e.events)
+        .filter(|t| t.kind() == pb::TransitionEventKind::RetryScheduled)
+        .filter_map(|t| t.delay)
+        .map(|d| d.seconds as u64 * 1000 + d.nanos as u64 / 1_000_000)
+        .collect();
+    assert!(delays.iter().all(|d| *d <= 400), "{delays:?}");
+    assert_eq!(
+        delays.iter().filter(|d| **d == 400).count(),
+        delays.len() - 2
+    );
+    // Every command is named by its action in the history.
+    let sent: Vec<(String, String)> = j
+        .iter()
+        .flat_map(|e| &e.events)
+        .filter(|t| t.kind() == pb::TransitionEventKind::StepStarted)
+        .map(|t| (t.step.clone(), t.action.clone()))
+        .collect();
+    assert_eq!(sent[0], ("Slow".to_string(), "doSlow".to_string()));
+    assert_eq!(sent[1], ("Charge".to_string(), "doCharge".to_string()));
+    assert!(sent[2..]
+        .iter()
+        .all(|(s, a)| s == "Notify" && a == "doNotify"));
+    participant.abort();
+}
