@@ -846,11 +846,15 @@ fn compare_events(record: &DecodedRecord, replayed: &[saga_core::SagaEvent]) -> 
                 let kind = saga_proto::TransitionEventKind::try_from(e.kind)
                     .map(|k| k.as_str_name().trim_start_matches("TRANSITION_EVENT_KIND_"))
                     .unwrap_or("UNKNOWN");
-                match (e.step.is_empty(), e.attempt) {
+                let mut s = match (e.step.is_empty(), e.attempt) {
                     (true, _) => kind.to_string(),
                     (false, 0) => format!("{kind} {}", e.step),
                     (false, a) => format!("{kind} {} {a}", e.step),
+                };
+                if !e.action.is_empty() {
+                    s.push_str(&format!(" ({})", e.action));
                 }
+                s
             })
             .collect::<Vec<_>>()
             .join(", ")

@@ -917,3 +917,111 @@ async fn a_command_the_broker_refuses_fails_its_step_and_the_saga_ends_visibly()
     );
     worker.shutdown(Duration::from_secs(1)).await;
 }
+
+/// A definition changed under a running saga in a way that still fits it (the action a
+/// step sends was renamed): the takeover replays the journal, finds that the machine now
+/// sends another command than the one journalled, and stops the saga with a
+/// non-determinism error instead of letting it diverge.
+#[tokio::test]
+async fn a_replay_that_diverges_from_the_journal_stops_the_saga() {
+    let (rig, consumer) = rig(Arc::new(MemoryStore::default()));
+    let worker = Worker::start(rig.ctx.clone(), vec![(0, Box::new(consumer))])
+        .await
+        .unwrap();
+    rig.start("nd-1");
+    // ReserveStock answers; ChargePayment is sent and left waiting.
+    wait_for("ReserveStock sent", || {
+        !rig.publisher.on("saga.cmd.").is_empty()
+    })
+    .await;
+    rig.answer_commands(&mut HashSet::new(), &|c| {
+        assert_eq!(c.step, "ReserveStock", "only the first step is answered");
+        ok(c)
+    });
+    wait_for("ChargePayment sent", || {
+        rig.publisher
+            .on("saga.cmd.payment.")
+            .iter()
+            .any(|m| m.subject.ends_with("ChargePayment"))
+    })
+    .await;
+    worker.shutdown(Duration::from_secs(1)).await;
+
+    // Another worker, empty store, with ChargePayment's action renamed.
+    let yaml = include_str!("../../../sagas/order-checkout.yaml")
+        .replace("action: ChargePayment", "action: ChargeCard");
+    let changed = Arc::new(
+        parse_definition("order-checkout.yaml", &yaml)
+            .unwrap()
+            .definition,
+    );
+    let (feed, consumer) = memory_consumer();
+    let ctx = Context {
+        store: Arc::new(MemoryStore::default()),
+        definitions: Arc::new(BTreeMap::from([(changed.name.clone(), changed)])),
+        ..rig.ctx.clone()
+    };
+    let worker = Worker::start(ctx, vec![(0, Box::new(consumer))])
+        .await
+        .unwrap();
+    let before = rig.publisher.on("saga.cmd.").len();
+    let cmd = rig
+        .publisher
+        .on("saga.cmd.payment.")
+        .pop()
+        .map(|m| pb::StepCommand::decode(m.payload.as_slice()).unwrap())
+        .unwrap();
+    let reply = pb::SagaInput {
+        saga_id: cmd.saga_id.clone(),
+        saga_type: cmd.saga_type.clone(),
+        kind: Some(pb::saga_input::Kind::Reply(pb::StepReply {
+            saga_id: cmd.saga_id.clone(),
+            step: cmd.step.clone(),
+            attempt: cmd.attempt,
+            idempotency_key: cmd.idempotency_key.clone(),
+            outcome: Some(ok(&cmd)),
+            ..Default::default()
+        })),
+    };
+    feed.deliver(&cmd.reply_to, Headers::new(), reply.encode_to_vec());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        match rig.journalled_status("nd-1").await {
+            Some(s) if s.is_terminal() => break s,
+            _ => {}
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the saga was not stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!(status, SagaStatus::Failed);
+    let last = rig
+        .journal
+        .last("OrderCheckout", "nd-1")
+        .await
+        .unwrap()
+        .unwrap();
+    let state = decode_record(last.sequence, &last.payload)
+        .unwrap()
+        .snapshot
+        .unwrap()
+        .state;
+    let why = state.failure_reason.unwrap();
+    assert!(
+        why.starts_with("non-deterministic replay: record v2 (do:ReserveStock:1:ok)"),
+        "{why}"
+    );
+    assert!(
+        why.contains("STEP_STARTED ChargePayment 1 (ChargeCard)"),
+        "{why}"
+    );
+    assert!(
+        why.contains("STEP_STARTED ChargePayment 1 (ChargePayment)"),
+        "{why}"
+    );
+    // Nothing was sent on the changed plan: no ConfirmOrder, no compensation.
+    assert_eq!(rig.publisher.on("saga.cmd.").len(), before);
+    worker.shutdown(Duration::from_secs(1)).await;
+}
