@@ -32,6 +32,7 @@ pub fn pending(saga_id: &SagaId, saga_type: &str, steps: &[String], now: Timesta
         updated_at: at,
         version: 0,
         failure_reason: String::new(),
+        definition_version: String::new(),
     }
 }
 
@@ -51,6 +52,9 @@ pub fn apply(saga: &mut pb::Saga, event: &pb::JournalEvent) {
     saga.current_step = event.current_step.clone();
     saga.compensation_reason = event.compensation_reason.clone();
     saga.version = event.version;
+    if !event.definition_version.is_empty() {
+        saga.definition_version = event.definition_version.clone();
+    }
     saga.updated_at = at.or(saga.updated_at);
     if saga.created_at.is_none() {
         saga.created_at = at;

@@ -258,6 +258,7 @@ pub fn journal_append_traced(
         trace_id: trace.trace_id.clone(),
         span_id: trace.span_id.clone(),
         saga_traceparent: trace.saga_traceparent.clone(),
+        definition_version: state.definition_version.clone(),
     };
     JournalAppend {
         saga_type: state.saga_type.clone(),
@@ -373,6 +374,8 @@ pub struct DecodedRecord {
     pub snapshot: Option<Snapshot>,
     /// The trace it names (empty in records of untraced writers and earlier releases).
     pub trace: RecordTrace,
+    /// The definition version the saga runs on (empty before versions existed).
+    pub definition_version: String,
 }
 
 /// The trace a journal record names, without decoding the rest of it.
@@ -418,6 +421,7 @@ pub fn decode_record(sequence: u64, payload: &[u8]) -> Result<DecodedRecord, Str
             span_id: ev.span_id,
             saga_traceparent: ev.saga_traceparent,
         },
+        definition_version: ev.definition_version,
     })
 }
 
