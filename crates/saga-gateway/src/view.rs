@@ -341,6 +341,16 @@ mod tests {
     }
 
     #[test]
+    fn the_view_names_the_definition_version_its_records_carry() {
+        let mut s = pending(&SagaId::parse("s-1").unwrap(), "OrderCheckout", &steps(), 1);
+        assert_eq!(s.definition_version, "");
+        let mut r = record(1, 2, pb::SagaState::Running, "ReserveStock", vec![]);
+        r.definition_version = "0123456789abcdef".into();
+        apply(&mut s, &r);
+        assert_eq!(s.definition_version, "0123456789abcdef");
+    }
+
+    #[test]
     fn a_failed_saga_keeps_its_failure_reason_and_unknown_steps_are_appended() {
         let mut s = pending(&SagaId::parse("s-1").unwrap(), "Other", &[], 1_000);
         apply(
