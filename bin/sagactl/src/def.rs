@@ -190,6 +190,9 @@ mod registry {
     use crate::render::{ts, Table};
     use crate::Output;
 
+    /// A row of `def ls`: type, digest, label, latest, registered at, open sagas.
+    type Row = (String, String, Option<String>, bool, Option<u64>, String);
+
     async fn jetstream(nats_url: &str) -> Result<async_nats::jetstream::Context> {
         let client = saga_nats::connect_as(nats_url, "sagactl")
             .await
@@ -275,7 +278,7 @@ mod registry {
             }
         }
         let open = open_by_version(&js, a.max_open).await?;
-        let mut rows: Vec<(String, String, Option<String>, bool, Option<u64>, String)> = Vec::new();
+        let mut rows: Vec<Row> = Vec::new();
         for v in &versions {
             let label = saga_core::definition::parse_definition("registry", &v.source)
                 .ok()

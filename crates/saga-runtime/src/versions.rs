@@ -223,13 +223,11 @@ pub async fn register(
             .latest(&def.name)
             .await
             .map_err(|e| unavailable(&def, &digest, e))?;
-        if make_latest || latest.is_none() {
-            if latest.as_deref() != Some(digest.as_str()) {
-                registry
-                    .set_latest(&def.name, &digest)
-                    .await
-                    .map_err(|e| unavailable(&def, &digest, e))?;
-            }
+        if (make_latest || latest.is_none()) && latest.as_deref() != Some(digest.as_str()) {
+            registry
+                .set_latest(&def.name, &digest)
+                .await
+                .map_err(|e| unavailable(&def, &digest, e))?;
         }
         tracing::info!(saga_type = %def.name, %digest, label = ?def.version_label, new, "definition version registered");
         files.push(def);
