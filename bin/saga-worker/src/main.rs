@@ -1,7 +1,6 @@
 //! `saga-worker`: loads the saga definitions, provisions JetStream, and runs every saga
 //! of the partitions it consumes, resuming unfinished ones from its local store.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,7 +13,8 @@ use saga_core::{Clock, SystemClock};
 use saga_nats::leases::{LeaseSettings, Leases};
 use saga_nats::membership::{MembershipSettings, PartitionOwner};
 use saga_nats::{
-    ConsumerSettings, NatsConsumer, NatsJournal, NatsOpenSagas, NatsPublisher, ProvisionConfig,
+    ConsumerSettings, NatsConsumer, NatsDefinitionRegistry, NatsJournal, NatsOpenSagas,
+    NatsPublisher, ProvisionConfig,
 };
 use saga_ports::{SagaStore, StoreError};
 use saga_runtime::{Context, FaultPoint, Limits, RuntimeConfig, Worker};
@@ -77,6 +77,11 @@ struct Args {
     /// this process at the N-th input reaching that point.
     #[arg(long, env = "SAGA_CRASH_AT", hide = true)]
     crash_at: Option<String>,
+    /// Register the loaded definitions without making them the latest version of their
+    /// type: new sagas keep starting on the cluster's latest (a worker rolled back to an
+    /// older file, or one brought up early with a new file).
+    #[arg(long, env = "SAGA_NOT_LATEST")]
+    not_latest: bool,
     #[command(flatten)]
     metrics: saga_telemetry::metrics::MetricsArgs,
 }
@@ -92,8 +97,8 @@ async fn main() {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let definitions = load_definitions(&args.sagas)?;
-    info!(sagas = ?definitions.keys().collect::<Vec<_>>(), "definitions loaded");
+    let files = load_definitions(&args.sagas)?;
+    info!(sagas = ?files.iter().map(|(d, _)| &d.name).collect::<Vec<_>>(), "definitions loaded");
 
     let client = saga_nats::connect_as(&args.nats_url, "saga-worker")
         .await
@@ -118,6 +123,15 @@ async fn run(args: Args) -> Result<()> {
     )
     .await
     .context("provisioning JetStream")?;
+    // Every version of every file in the cluster; new sagas start on each type's latest.
+    let registry = Arc::new(NatsDefinitionRegistry::new(js.clone()));
+    let registered = saga_runtime::versions::register(registry, files, !args.not_latest)
+        .await
+        .context("registering the definition versions")?;
+    for (t, def) in &registered.latest {
+        info!(saga_type = %t, version = %def.version(), "new sagas start on this version");
+    }
+    let definitions = registered.latest;
 
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
@@ -151,6 +165,7 @@ async fn run(args: Args) -> Result<()> {
     };
     let ctx = Context {
         definitions: Arc::new(definitions),
+        versions: Arc::new(registered.versions),
         journal: Arc::new(NatsJournal::new(js.clone())),
         publisher: Arc::new(NatsPublisher::new(js.clone())),
         store: store.clone(),
@@ -252,9 +267,13 @@ fn open_store(data_dir: &Path) -> Result<SledStore> {
     }
 }
 
-fn load_definitions(dir: &Path) -> Result<BTreeMap<String, Arc<SagaDefinition>>> {
-    let defs = saga_core::definition::load_dir(dir).map_err(anyhow::Error::msg)?;
-    Ok(defs.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
+/// The definitions of a directory with their source text (what is registered).
+fn load_definitions(dir: &Path) -> Result<Vec<(Arc<SagaDefinition>, String)>> {
+    let defs = saga_core::definition::load_dir_sources(dir).map_err(anyhow::Error::msg)?;
+    Ok(defs
+        .into_values()
+        .map(|(def, source)| (Arc::new(def), source))
+        .collect())
 }
 
 fn fault_hook(spec: &str) -> Result<Arc<dyn Fn(FaultPoint) + Send + Sync>> {

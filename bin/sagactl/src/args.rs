@@ -97,6 +97,33 @@ pub enum DefCommand {
         /// Definition file.
         file: PathBuf,
     },
+    /// The definition versions registered in the cluster (KV saga_definitions): digest,
+    /// label, which is latest, when registered, and how many open sagas run on each.
+    Ls(DefLsArgs),
+    /// Register definition files as versions in the cluster; each becomes the latest of
+    /// its type (what new sagas start on) unless --not-latest.
+    Push {
+        /// Definition files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Register only: new sagas keep starting on the current latest version.
+        #[arg(long)]
+        not_latest: bool,
+        /// NATS server URL.
+        #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+        nats_url: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DefLsArgs {
+    /// NATS server URL.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Open sagas whose last journal record is read to tell their version; past it the
+    /// rest are counted as `?`.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_open: usize,
 }
 
 #[derive(Debug, Subcommand)]

@@ -68,6 +68,7 @@ pub fn saga(s: &Saga) -> Value {
         ("compensationReason", json!(s.compensation_reason)),
         ("version", int64(s.version)),
         ("failureReason", json!(s.failure_reason)),
+        ("definitionVersion", json!(s.definition_version)),
     ]);
     insert_opt(&mut v, "createdAt", timestamp(s.created_at.as_ref()));
     insert_opt(&mut v, "updatedAt", timestamp(s.updated_at.as_ref()));
@@ -357,6 +358,7 @@ mod tests {
             updated_at: None,
             version: 7,
             failure_reason: String::new(),
+            definition_version: String::new(),
         };
         let v = saga(&s);
         assert_eq!(v["state"], "SAGA_STATE_COMPENSATED");

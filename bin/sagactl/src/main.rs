@@ -1,6 +1,7 @@
 //! `sagactl`: the command-line face of the saga runtime.
 //!
-//! Definitions (`def`) are checked offline; orders, sagas and the benchmark talk to the
+//! Definitions (`def validate|graph`) are checked offline (`def ls|push` use the cluster's
+//! registry of versions); orders, sagas and the benchmark talk to the
 //! gateway over gRPC (`saga.v1.SagaGateway`, address from `--gateway` / `SAGA_GATEWAY`);
 //! `dev` runs the whole stack as child processes; `chaos` does too, loads it while it
 //! kills and pauses its processes, and checks the invariants; `projection rebuild` runs
@@ -78,6 +79,12 @@ fn main() -> ExitCode {
     let out = Output { json };
     let result = runtime.block_on(async move {
         match command {
+            Command::Def(DefCommand::Ls(a)) => def::ls(out, a).await,
+            Command::Def(DefCommand::Push {
+                files,
+                not_latest,
+                nats_url,
+            }) => def::push(out, &nats_url, &files, !not_latest).await,
             Command::Def(_) | Command::Events(_) | Command::NatsAuth(_) | Command::Token(_) => {
                 unreachable!("handled above")
             }

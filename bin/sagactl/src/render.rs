@@ -93,6 +93,7 @@ pub fn saga(s: &Saga) -> String {
     kv("state", &state_name(s.state));
     kv("step", or_dash(&s.current_step));
     kv("version", &s.version.to_string());
+    kv("defn", or_dash(&s.definition_version));
     kv("created", &ts(s.created_at.as_ref()));
     kv("updated", &ts(s.updated_at.as_ref()));
     if !s.compensation_reason.is_empty() {

@@ -109,6 +109,7 @@ fn definition() -> impl Strategy<Value = SagaDefinition> {
                 events: SagaEvents::default(),
                 failure_scenarios: vec![],
                 invariants: vec![],
+                version_label: None,
             }
         })
 }

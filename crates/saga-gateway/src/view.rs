@@ -32,6 +32,7 @@ pub fn pending(saga_id: &SagaId, saga_type: &str, steps: &[String], now: Timesta
         updated_at: at,
         version: 0,
         failure_reason: String::new(),
+        definition_version: String::new(),
     }
 }
 
@@ -51,6 +52,9 @@ pub fn apply(saga: &mut pb::Saga, event: &pb::JournalEvent) {
     saga.current_step = event.current_step.clone();
     saga.compensation_reason = event.compensation_reason.clone();
     saga.version = event.version;
+    if !event.definition_version.is_empty() {
+        saga.definition_version = event.definition_version.clone();
+    }
     saga.updated_at = at.or(saga.updated_at);
     if saga.created_at.is_none() {
         saga.created_at = at;
@@ -334,6 +338,16 @@ mod tests {
         assert_eq!(charge.error, "declined");
         assert_eq!(s.steps[0].status, "COMPENSATED");
         assert_eq!(s.steps[0].finished_at, Some(pb::timestamp(7_000)));
+    }
+
+    #[test]
+    fn the_view_names_the_definition_version_its_records_carry() {
+        let mut s = pending(&SagaId::parse("s-1").unwrap(), "OrderCheckout", &steps(), 1);
+        assert_eq!(s.definition_version, "");
+        let mut r = record(1, 2, pb::SagaState::Running, "ReserveStock", vec![]);
+        r.definition_version = "0123456789abcdef".into();
+        apply(&mut s, &r);
+        assert_eq!(s.definition_version, "0123456789abcdef");
     }
 
     #[test]

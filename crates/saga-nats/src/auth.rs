@@ -10,6 +10,9 @@
 //! | event consumer of service s | `events.>`, dead letters `dlq.events.>`, stream info, the API of `evt-<s>` only | its inboxes |
 //! | bank (event store) | `es.>`, the API of `ES_EVENTS` and `KV_ES_SNAPSHOTS` only, replies to control requests | its inboxes, `es-ctl.projection.*.*` |
 //!
+//! The KV buckets (`$KV.>`: partition owners, live workers, definition versions
+//! `saga_definitions`) are open to the gateway, the workers and operators only.
+//!
 //! The gateway and the workers are the saga infrastructure: they provision streams and
 //! consumers, so they hold the JetStream API. Participants and event consumers are
 //! application code: a participant cannot start, cancel or read sagas, cannot read
@@ -299,6 +302,24 @@ mod tests {
             assert!(!p.publish.contains(&forbidden.to_string()), "{forbidden}");
         }
         assert_eq!(p.subscribe, vec!["_INBOX_payment.>".to_string()]);
+    }
+
+    #[test]
+    fn workers_gateway_and_operators_reach_the_definition_versions() {
+        for role in [Role::Worker, Role::Gateway] {
+            let p = role.permissions();
+            assert!(p.publish.contains(&"$KV.>".to_string()), "{}", role.name());
+            assert!(
+                p.publish.contains(&"$JS.API.>".to_string()),
+                "{}",
+                role.name()
+            );
+        }
+        assert!(!participant()
+            .permissions()
+            .publish
+            .iter()
+            .any(|s| s.starts_with("$KV")));
     }
 
     #[test]

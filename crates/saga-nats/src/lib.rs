@@ -5,10 +5,11 @@
 //! - **the names on the wire** ([`names`]): streams, subjects, KV buckets and consumers
 //!   that users type into the `nats` CLI;
 //! - **provisioning** ([`provision`], [`ensure_service_consumer`]): idempotent creation
-//!   (or update) of every stream, both KV buckets and the durable consumers;
+//!   (or update) of every stream, the KV buckets and the durable consumers;
 //! - **the ports**: [`NatsPublisher`] (publish with `Nats-Msg-Id`, awaiting the stored ack),
 //!   [`NatsJournal`] (per-saga history fenced by `Nats-Expected-Last-Subject-Sequence`),
 //!   [`NatsConsumer`] / [`NatsAcker`] (durable pull consumer with confirmed settlements),
+//!   [`NatsDefinitionRegistry`] (definition versions in KV),
 //!   and [`dead_letter`];
 //! - **the dead-letter queue for operators** ([`dead_letters`]): list, show, redrive, purge;
 //! - **the connection** ([`connect`]): fail fast on a wrong URL, reconnect forever after.
@@ -24,6 +25,7 @@ mod clock;
 mod connect;
 mod consumer;
 pub mod dead_letters;
+mod definitions;
 mod dlq;
 mod error;
 mod journal;
@@ -40,6 +42,7 @@ pub use connect::{
     connect, connect_as, connect_with, inbox_prefix, Security, DEFAULT_CONNECTION_NAME,
 };
 pub use consumer::{NatsAcker, NatsConsumer};
+pub use definitions::NatsDefinitionRegistry;
 pub use dlq::dead_letter;
 pub use error::NatsError;
 pub use journal::NatsJournal;

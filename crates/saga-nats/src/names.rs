@@ -10,6 +10,7 @@
 //! | domain events | [`EVENTS_STREAM`] | `events.<domain>.<EventName>` |
 //! | dead letters | [`DLQ_STREAM`] | `dlq.<original subject>` |
 //! | partition owners / live workers | KV [`OWNERS_BUCKET`], [`WORKERS_BUCKET`] | |
+//! | definition versions | KV [`DEFINITIONS_BUCKET`] | keys `<saga_type>.<digest>`, `<saga_type>.latest` |
 //! | consumers | `saga-p<N>` ([`partition_consumer`]), `svc-<service>` ([`service_consumer`]), `evt-<service>` on `SAGA_EVENTS` ([`event_consumer`]) | |
 //!
 //! The subject helpers only format. Tokens that are not valid subject tokens (empty, with
@@ -47,6 +48,9 @@ pub const DLQ_SUBJECTS: &str = "dlq.>";
 pub const OWNERS_BUCKET: &str = "saga_owners";
 /// KV bucket of live workers (`<worker>` -> heartbeat).
 pub const WORKERS_BUCKET: &str = "saga_workers";
+/// KV bucket of definition versions (`<type>.<digest>` -> YAML, `<type>.latest` ->
+/// digest).
+pub const DEFINITIONS_BUCKET: &str = "saga_definitions";
 
 /// The per-partition index of open sagas.
 pub const OPEN_STREAM: &str = "SAGA_OPEN";

@@ -273,7 +273,8 @@ impl ProvisionConfig {
         ]
     }
 
-    /// The configuration of both KV buckets (`saga_owners`, `saga_workers`).
+    /// The configuration of the KV buckets (`saga_owners`, `saga_workers`,
+    /// `saga_definitions`).
     pub fn bucket_configs(&self) -> Vec<kv::Config> {
         vec![
             kv::Config {
@@ -290,6 +291,17 @@ impl ProvisionConfig {
                 description: "Live workers: <worker> -> heartbeat".into(),
                 history: 1,
                 max_age: self.worker_ttl,
+                storage: StorageType::File,
+                num_replicas: self.replicas,
+                ..Default::default()
+            },
+            kv::Config {
+                bucket: names::DEFINITIONS_BUCKET.to_owned(),
+                description: "Definition versions: <type>.<digest> -> YAML, <type>.latest -> \
+                              digest"
+                    .into(),
+                // Versions are written once; the history shows earlier `latest`s.
+                history: 10,
                 storage: StorageType::File,
                 num_replicas: self.replicas,
                 ..Default::default()
@@ -312,7 +324,7 @@ pub struct Provisioned {
     pub kept: Vec<String>,
 }
 
-/// Creates, or updates to `config`, every stream, both KV buckets and the partition
+/// Creates, or updates to `config`, every stream, the KV buckets and the partition
 /// consumers `saga-p0` .. `saga-p<partitions-1>`. Safe to call again, and from several
 /// processes at once.
 ///

@@ -117,7 +117,10 @@ async fn provisioning_is_idempotent_and_creates_the_documented_names() {
     b.expect("concurrent provisioner");
     assert_eq!(provision(&js_a, &config()).await.unwrap(), provisioned);
     assert_eq!(provisioned.streams, names::STREAMS);
-    assert_eq!(provisioned.buckets, ["saga_owners", "saga_workers"]);
+    assert_eq!(
+        provisioned.buckets,
+        ["saga_owners", "saga_workers", "saga_definitions"]
+    );
     assert_eq!(
         provisioned.consumers,
         ["saga-p0", "saga-p1", "saga-p2", "saga-p3"]

@@ -482,3 +482,79 @@ impl OpenSagas for MemoryOpenSagas {
             .unwrap_or_default())
     }
 }
+
+/// Definition versions in memory; registration times count up from 1.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryDefinitionRegistry {
+    inner: Arc<Mutex<RegistryInner>>,
+}
+
+#[derive(Debug, Default)]
+struct RegistryInner {
+    versions: BTreeMap<(String, String), RegisteredVersion>,
+    latest: BTreeMap<String, String>,
+    clock: u64,
+}
+
+#[async_trait]
+impl DefinitionRegistry for MemoryDefinitionRegistry {
+    async fn register(
+        &self,
+        saga_type: &str,
+        digest: &str,
+        source: &str,
+    ) -> Result<bool, PortError> {
+        let mut inner = self.inner.lock().unwrap();
+        let key = (saga_type.to_string(), digest.to_string());
+        if inner.versions.contains_key(&key) {
+            return Ok(false);
+        }
+        inner.clock += 1;
+        let registered_at = inner.clock;
+        inner.versions.insert(
+            key,
+            RegisteredVersion {
+                saga_type: saga_type.to_string(),
+                digest: digest.to_string(),
+                source: source.to_string(),
+                registered_at,
+            },
+        );
+        Ok(true)
+    }
+
+    async fn set_latest(&self, saga_type: &str, digest: &str) -> Result<(), PortError> {
+        self.inner
+            .lock()
+            .unwrap()
+            .latest
+            .insert(saga_type.to_string(), digest.to_string());
+        Ok(())
+    }
+
+    async fn latest(&self, saga_type: &str) -> Result<Option<String>, PortError> {
+        Ok(self.inner.lock().unwrap().latest.get(saga_type).cloned())
+    }
+
+    async fn get(
+        &self,
+        saga_type: &str,
+        digest: &str,
+    ) -> Result<Option<RegisteredVersion>, PortError> {
+        let key = (saga_type.to_string(), digest.to_string());
+        Ok(self.inner.lock().unwrap().versions.get(&key).cloned())
+    }
+
+    async fn list(&self) -> Result<Vec<RegisteredVersion>, PortError> {
+        let mut all: Vec<_> = self
+            .inner
+            .lock()
+            .unwrap()
+            .versions
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| (&a.saga_type, a.registered_at).cmp(&(&b.saga_type, b.registered_at)));
+        Ok(all)
+    }
+}

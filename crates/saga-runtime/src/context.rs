@@ -9,6 +9,8 @@ use saga_core::{Clock, SagaId};
 use saga_ports::{Journal, OpenSagas, Publisher, SagaStore};
 use tokio::sync::Semaphore;
 
+use crate::versions::{VersionError, Versions};
+
 /// Settings of a worker's runtime.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -74,8 +76,11 @@ impl Default for RuntimeConfig {
 /// Definitions, ports and settings shared by the actors of one worker.
 #[derive(Clone)]
 pub struct Context {
-    /// Loaded definitions by saga type.
+    /// The definition new sagas start on, by saga type (the latest version); also the
+    /// one sagas started before versions existed run on.
     pub definitions: Arc<BTreeMap<String, Arc<SagaDefinition>>>,
+    /// Every version a saga may be pinned to (see [`Versions`]).
+    pub versions: Arc<Versions>,
     /// The journal.
     pub journal: Arc<dyn Journal>,
     /// Commands, events, dead letters.
@@ -161,8 +166,32 @@ impl Context {
         }
     }
 
-    /// The definition of a saga type.
+    /// The definition of a saga type that new sagas start on.
     pub fn definition(&self, saga_type: &str) -> Option<Arc<SagaDefinition>> {
         self.definitions.get(saga_type).cloned()
+    }
+
+    /// The digest new sagas of a type are pinned to (empty when unknown).
+    pub fn latest_version(&self, saga_type: &str) -> String {
+        self.versions
+            .latest(saga_type)
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// The definition a saga pinned to `version` runs on: that version, or for a saga
+    /// started before versions existed (`version` empty) the one new sagas start on.
+    pub async fn definition_for(
+        &self,
+        saga_type: &str,
+        version: &str,
+    ) -> Result<Arc<SagaDefinition>, VersionError> {
+        let current = self
+            .definition(saga_type)
+            .ok_or_else(|| VersionError::UnknownType(saga_type.to_string()))?;
+        if version.is_empty() || self.versions.latest(saga_type) == Some(version) {
+            return Ok(current);
+        }
+        self.versions.get(saga_type, version).await
     }
 }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use ractor::ActorRef;
+use saga_core::definition::SagaDefinition;
 use saga_core::machine::Input;
 use saga_ports::Consumer;
 use tokio::sync::watch;
@@ -63,10 +64,14 @@ pub async fn dispatch(
             }
         };
         for d in batch {
-            match decode_input(&d) {
-                Ok(decoded) if reply_from_wrong_service(&ctx, &decoded).is_some() => {
-                    let why = reply_from_wrong_service(&ctx, &decoded).unwrap_or_default();
-                    dead_letter(&ctx, &d, &why).await;
+            let decoded = decode_input(&d);
+            let wrong = match &decoded {
+                Ok(decoded) => reply_from_wrong_service(&ctx, decoded).await,
+                Err(_) => None,
+            };
+            match decoded {
+                Ok(_) if wrong.is_some() => {
+                    dead_letter(&ctx, &d, &wrong.unwrap_or_default()).await;
                 }
                 Ok(decoded) if ctx.definitions.contains_key(&decoded.saga_type) => {
                     debug!(saga_id = %decoded.saga_id, subject = %d.subject, "input");
@@ -105,24 +110,44 @@ pub async fn dispatch(
 
 /// Why a reply cannot be applied: its subject names a service that does not run the step
 /// it answers (a participant replying in another's name, or to a step that does not
-/// exist). `None` when it is fine, or not a reply.
-fn reply_from_wrong_service(ctx: &Context, decoded: &DecodedInput) -> Option<String> {
+/// exist). `None` when it is fine, or not a reply. A step the latest version does not
+/// run as named is looked up in every version of the type (the saga may be pinned to
+/// an older one).
+async fn reply_from_wrong_service(ctx: &Context, decoded: &DecodedInput) -> Option<String> {
     let service = decoded.reply_service.as_deref()?;
     let step = match &decoded.input {
         Input::StepReply { step, .. } | Input::CompensationReply { step, .. } => step,
         _ => return None,
     };
     let def = ctx.definitions.get(&decoded.saga_type)?;
-    match def.steps.iter().find(|s| &s.name == step) {
-        Some(s) if s.service == service => None,
-        Some(s) => Some(format!(
+    let runs = |d: &SagaDefinition| {
+        d.steps
+            .iter()
+            .any(|s| &s.name == step && s.service == service)
+    };
+    if runs(def) {
+        return None;
+    }
+    let all = ctx.versions.all_of(&decoded.saga_type).await;
+    if all.iter().any(|d| runs(d)) {
+        return None;
+    }
+    let services: Vec<&str> = all
+        .iter()
+        .flat_map(|d| d.steps.iter())
+        .chain(def.steps.iter())
+        .filter(|s| &s.name == step)
+        .map(|s| s.service.as_str())
+        .collect();
+    Some(match services.first() {
+        Some(runs_on) => format!(
             "reply for step `{step}` of `{}` came from service `{service}`, but the step \
-             runs on `{}`",
-            decoded.saga_type, s.service
-        )),
-        None => Some(format!(
+             runs on `{runs_on}`",
+            decoded.saga_type
+        ),
+        None => format!(
             "reply for step `{step}`, which saga type `{}` does not have",
             decoded.saga_type
-        )),
-    }
+        ),
+    })
 }

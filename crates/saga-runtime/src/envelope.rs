@@ -258,6 +258,7 @@ pub fn journal_append_traced(
         trace_id: trace.trace_id.clone(),
         span_id: trace.span_id.clone(),
         saga_traceparent: trace.saga_traceparent.clone(),
+        definition_version: state.definition_version.clone(),
     };
     JournalAppend {
         saga_type: state.saga_type.clone(),
@@ -375,6 +376,8 @@ pub struct DecodedRecord {
     pub trace: RecordTrace,
     /// What happened in it, as journalled (compared with a replay).
     pub events: Vec<pb::TransitionEvent>,
+    /// The definition version the saga runs on (empty before versions existed).
+    pub definition_version: String,
 }
 
 /// The trace a journal record names, without decoding the rest of it.
@@ -421,6 +424,7 @@ pub fn decode_record(sequence: u64, payload: &[u8]) -> Result<DecodedRecord, Str
             saga_traceparent: ev.saga_traceparent,
         },
         events: ev.events,
+        definition_version: ev.definition_version,
     })
 }
 

@@ -14,6 +14,10 @@ pub enum RuntimeError {
     /// An actor could not be spawned or reached. Retryable after a restart.
     #[error("actor system: {0}")]
     Actor(String),
+    /// The definition version a saga is pinned to is not available; see
+    /// [`VersionError::is_retryable`]. The saga is left untouched.
+    #[error(transparent)]
+    Version(#[from] crate::versions::VersionError),
     /// A journal record could not be decoded while rebuilding a saga. Not retryable.
     #[error("journal of saga {saga_id} is unreadable: {why}")]
     Journal {

@@ -13,7 +13,9 @@
 //!   load;
 //! - [`dispatch`] pulls inputs from the partition consumers, dead-letters what cannot
 //!   be decoded, and routes the rest;
-//! - [`Worker`] ties it together and resumes every non-terminal saga on start.
+//! - [`Worker`] ties it together and resumes every non-terminal saga on start;
+//! - [`versions`]: each saga runs on the definition version it started on, loaded from
+//!   the cluster's registry when the worker was started with another file.
 //!
 //! Depends on the ports, never on NATS or sled: binaries wire the implementations.
 
@@ -26,9 +28,11 @@ pub mod metrics;
 pub mod saga_actor;
 pub mod supervisor;
 mod trace;
+pub mod versions;
 mod worker;
 
 pub use context::{Context, FaultPoint, Limits, RuntimeConfig};
 pub use dispatch::dispatch;
 pub use error::RuntimeError;
+pub use versions::{VersionError, Versions};
 pub use worker::Worker;

@@ -146,7 +146,14 @@ impl Actor for SagaActor {
         // A saga met for the first time through its input is loaded lazily: a start
         // needs no journal read, anything else is restored from the journal then.
         st.stored = match local {
-            Some(s) => Some(s),
+            Some(s) => {
+                if st.def.is_some() {
+                    // Pinned: the saga goes on with the version it started on.
+                    let version = s.state.definition_version.clone();
+                    st.def = Some(st.pinned(&version).await?);
+                }
+                Some(s)
+            }
             None if st.resume => st.restore(st.resume).await?,
             None => None,
         };
@@ -404,7 +411,11 @@ impl SagaActorState {
         }
         let input_id = input.id();
         if self.stored.is_none() && !matches!(input, Input::Start { .. }) {
-            self.stored = self.restore(false).await?;
+            self.stored = match self.restore(false).await {
+                Ok(s) => s,
+                Err(RuntimeError::Version(e)) => return self.unpinned(delivery, &e).await,
+                Err(e) => return Err(e.into()),
+            };
             self.arm_stored_timers(myself);
             if self.stored.is_some() {
                 self.relay().await?;
@@ -466,8 +477,10 @@ impl SagaActorState {
                 return Ok(());
             }
             let def = self.def.as_ref().expect("checked above");
+            let mut state = SagaState::new(def, self.saga_id.clone(), self.ctx.clock.now());
+            state.definition_version = self.ctx.latest_version(&self.saga_type);
             self.stored = Some(StoredSaga {
-                state: SagaState::new(def, self.saga_id.clone(), self.ctx.clock.now()),
+                state,
                 journal_sequence: 0,
                 timers: Vec::new(),
             });
@@ -481,6 +494,32 @@ impl SagaActorState {
             settle_ack(d).await;
         }
         Ok(())
+    }
+
+    /// The version the saga is pinned to cannot be had: the saga is not touched and
+    /// the input is handed back (no attempt counted, never dead-lettered), to be tried
+    /// again once the version is pushed or the registry answers.
+    async fn unpinned(
+        &self,
+        delivery: Option<&Delivery>,
+        e: &crate::VersionError,
+    ) -> Result<(), ActorProcessingErr> {
+        error!(saga_id = %self.saga_id, saga_type = %self.saga_type, error = %e, "the saga's definition version is not available: input handed back, saga left as it is");
+        if let Some(d) = delivery {
+            let _ = d.acker.nak(Some(Duration::from_secs(5))).await;
+        }
+        Ok(())
+    }
+
+    /// The definition of the version a saga is pinned to; an error is logged here.
+    async fn pinned(&self, version: &str) -> Result<Arc<SagaDefinition>, RuntimeError> {
+        self.ctx
+            .definition_for(&self.saga_type, version)
+            .await
+            .map_err(|e| {
+                error!(saga_id = %self.saga_id, saga_type = %self.saga_type, error = %e, "the saga's definition version is not available: saga left as it is");
+                RuntimeError::Version(e)
+            })
     }
 
     async fn reject(
@@ -682,9 +721,9 @@ impl SagaActorState {
     /// saga still running (a terminal saga met through a late input publishes
     /// nothing: its messages were published before it left the open-saga index).
     async fn restore(&mut self, republish: bool) -> Result<Option<StoredSaga>, RuntimeError> {
-        let Some(def) = self.def.clone() else {
+        if self.def.is_none() {
             return Ok(None);
-        };
+        }
         let _permit = self.ctx.limits.restores.acquire().await;
         let Some(last) = self
             .ctx
@@ -699,6 +738,13 @@ impl SagaActorState {
             why,
         };
         let record = decode_record(last.sequence, &last.payload).map_err(bad)?;
+        // The version the saga is pinned to, before anything is rebuilt with it.
+        let version = match &record.snapshot {
+            Some(s) if !s.state.definition_version.is_empty() => s.state.definition_version.clone(),
+            _ => record.definition_version.clone(),
+        };
+        let def = self.pinned(&version).await?;
+        self.def = Some(def.clone());
         if !record.trace.saga_traceparent.is_empty() {
             // A field, not `adopt_trace`: the restore permit borrows the context.
             self.trace = Some(record.trace.saga_traceparent.clone());

@@ -56,6 +56,10 @@ fn rig_with(
         ..RuntimeConfig::default()
     };
     let ctx = Context {
+        versions: Arc::new(saga_runtime::Versions::local(&BTreeMap::from([(
+            def.name.clone(),
+            def.clone(),
+        )]))),
         definitions: Arc::new(BTreeMap::from([(def.name.clone(), def)])),
         journal: Arc::new(journal.clone()),
         publisher: Arc::new(publisher.clone()),

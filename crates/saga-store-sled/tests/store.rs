@@ -29,6 +29,7 @@ fn saga(id: &str, status: SagaStatus, version: u64) -> StoredSaga {
             failure_reason: None,
             version,
             applied_inputs: (1..=version).map(|v| format!("in:{v}")).collect(),
+            definition_version: String::new(),
         },
         journal_sequence: 0,
         timers: vec![(TimerKey::deadline(), 90_000)],

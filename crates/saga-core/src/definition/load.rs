@@ -81,6 +81,17 @@ pub fn load_file(path: &Path) -> Result<Loaded, DefinitionErrors> {
 /// Loads every `*.yaml` / `*.yml` definition of a directory, by saga name. The error
 /// lists every problem of every file (and names defined twice, and an empty directory).
 pub fn load_dir(dir: &Path) -> Result<std::collections::BTreeMap<String, SagaDefinition>, String> {
+    Ok(load_dir_sources(dir)?
+        .into_iter()
+        .map(|(name, (def, _))| (name, def))
+        .collect())
+}
+
+/// [`load_dir`], keeping each definition's source text beside it (what is registered
+/// as its version in the cluster).
+pub fn load_dir_sources(
+    dir: &Path,
+) -> Result<std::collections::BTreeMap<String, (SagaDefinition, String)>, String> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| format!("reading saga definitions from {}: {e}", dir.display()))?;
     let mut files: Vec<std::path::PathBuf> = entries
@@ -91,14 +102,21 @@ pub fn load_dir(dir: &Path) -> Result<std::collections::BTreeMap<String, SagaDef
     let mut out = std::collections::BTreeMap::new();
     let mut problems = Vec::new();
     for f in files {
-        match load_file(&f) {
-            Ok(l) => {
+        let loaded = std::fs::read_to_string(&f)
+            .map_err(|e| format!("{}: file: cannot read: {e}", f.display()))
+            .and_then(|text| {
+                parse_definition(&f.display().to_string(), &text)
+                    .map(|l| (l, text))
+                    .map_err(|e| e.to_string())
+            });
+        match loaded {
+            Ok((l, text)) => {
                 let name = l.definition.name.clone();
-                if out.insert(name.clone(), l.definition).is_some() {
+                if out.insert(name.clone(), (l.definition, text)).is_some() {
                     problems.push(format!("{}: saga `{name}` is defined twice", f.display()));
                 }
             }
-            Err(e) => problems.push(e.to_string()),
+            Err(e) => problems.push(e),
         }
     }
     if !problems.is_empty() {
@@ -146,6 +164,7 @@ const SAGA_KEYS: &[&str] = &[
     "events",
     "failureScenarios",
     "invariants",
+    "version",
 ];
 const STEP_KEYS: &[&str] = &[
     "name",
@@ -314,6 +333,7 @@ impl Cx {
         };
         let orchestrator = self.string(loc, m, "orchestrator", false);
         let description = self.string(loc, m, "description", false);
+        let version_label = self.string(loc, m, "version", false);
         let timeout = self.duration(loc, m, "timeout");
         let deadline_buffer = self
             .duration(loc, m, "deadlineBuffer")
@@ -335,6 +355,7 @@ impl Cx {
             events,
             failure_scenarios: Vec::new(),
             invariants: Vec::new(),
+            version_label,
         };
         if definition.steps.is_empty() {
             return None;

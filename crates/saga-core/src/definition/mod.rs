@@ -4,14 +4,17 @@
 mod graph;
 pub(crate) mod load;
 mod plan;
+mod version;
 
 use std::time::Duration;
 
 pub use graph::mermaid;
 pub use load::{
-    load_dir, load_file, parse_definition, DefinitionError, DefinitionErrors, Loaded, Note,
+    load_dir, load_dir_sources, load_file, parse_definition, DefinitionError, DefinitionErrors,
+    Loaded, Note,
 };
 pub use plan::{FailureKind, PlannedScenario};
+pub use version::{canonical_rendering, DefinitionVersion};
 
 use crate::retry::RetryPolicy;
 
@@ -54,6 +57,9 @@ pub struct SagaDefinition {
     pub failure_scenarios: Vec<FailureScenario>,
     /// Invariants as written, with what the validator made of each.
     pub invariants: Vec<Invariant>,
+    /// The human label of this version (`saga.version`), shown beside the digest; not
+    /// part of the digest (see [`DefinitionVersion`]).
+    pub version_label: Option<String>,
 }
 
 /// One step of a saga.

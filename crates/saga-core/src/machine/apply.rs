@@ -38,6 +38,7 @@ impl SagaState {
             failure_reason: None,
             version: 0,
             applied_inputs: Default::default(),
+            definition_version: String::new(),
         }
     }
 

@@ -484,6 +484,13 @@ pub struct SagaState {
     /// reached the journal leaves no mark.
     #[serde(default)]
     pub applied_inputs: BTreeSet<String>,
+    /// Digest of the definition the saga started on ([`DefinitionVersion`]): it runs on
+    /// that version to its end. Empty for sagas started before versions existed (they
+    /// run on the definition the worker has).
+    ///
+    /// [`DefinitionVersion`]: crate::definition::DefinitionVersion
+    #[serde(default)]
+    pub definition_version: String,
 }
 
 /// The result of applying one input.
