@@ -361,4 +361,96 @@ mod tests {
         assert!(is_terminal(SagaState::Failed as i32));
         assert!(!is_terminal(SagaState::Compensating as i32));
     }
+
+    #[test]
+    fn history_names_the_action_of_every_command_and_what_caused_each_transition() {
+        use saga_proto::TransitionEvent;
+        let ev =
+            |kind: TransitionEventKind, step: &str, attempt: u32, action: &str| TransitionEvent {
+                kind: kind as i32,
+                step: step.into(),
+                attempt,
+                action: action.into(),
+                ..Default::default()
+            };
+        let records = [
+            JournalEvent {
+                version: 1,
+                input: Some(JournalInput {
+                    kind: Some(journal_input::Kind::Start(Default::default())),
+                }),
+                events: vec![ev(
+                    TransitionEventKind::StepStarted,
+                    "ReserveStock",
+                    1,
+                    "ReserveStock",
+                )],
+                ..Default::default()
+            },
+            JournalEvent {
+                version: 2,
+                input: Some(JournalInput {
+                    kind: Some(journal_input::Kind::Cancel(saga_proto::CancelSaga {
+                        reason: "changed my mind".into(),
+                    })),
+                }),
+                events: vec![ev(
+                    TransitionEventKind::CompensationStepStarted,
+                    "ReserveStock",
+                    1,
+                    "ReleaseStock",
+                )],
+                ..Default::default()
+            },
+            JournalEvent {
+                version: 3,
+                events: vec![ev(
+                    TransitionEventKind::StepCompensated,
+                    "ReserveStock",
+                    0,
+                    "",
+                )],
+                ..Default::default()
+            },
+        ];
+        let text = history(&records);
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rows[0],
+            ["V", "TIME", "STEP", "ACTION", "ATTEMPT", "OUTCOME", "REASON"]
+        );
+        assert_eq!(
+            rows[1],
+            ["v1", "-", "ReserveStock", "ReserveStock", "1", "SENT"]
+        );
+        assert_eq!(rows[2][..3], ["v2", "-", "-"], "{text}");
+        assert!(
+            rows[2].contains(&"INPUT") && text.contains("changed my mind"),
+            "{text}"
+        );
+        assert_eq!(
+            rows[3],
+            [
+                "ReserveStock",
+                "ReleaseStock",
+                "1",
+                "SENT",
+                "(compensation)"
+            ]
+        );
+        // The outcome of a compensation names the compensating action sent before it.
+        assert_eq!(
+            rows[4],
+            [
+                "v3",
+                "-",
+                "ReserveStock",
+                "ReleaseStock",
+                "STEP_COMPENSATED"
+            ]
+        );
+    }
 }
