@@ -202,21 +202,11 @@ impl Machine<'_> {
         if self.s.status.is_terminal() {
             return self.ignore(format!("saga is already {}", self.s.status));
         }
-        let reason = format!("state does not fit its definition: {why}");
-        self.s.status = SagaStatus::Failed;
-        self.s.current_step = None;
-        self.s.failure_reason = Some(reason.clone());
-        self.effects.push(Effect::CancelTimer {
-            key: TimerKey::deadline(),
-        });
-        self.events.push(SagaEvent::SagaFailed { reason });
-        self.effects.push(Effect::Finish {
-            status: SagaStatus::Failed,
-        });
+        self.fail_forward(format!("state does not fit its definition: {why}"));
     }
 
-    /// A step past the point of no return cannot go on: the saga ends FAILED without
-    /// undoing anything, for an operator to finish.
+    /// The saga cannot go on (a step past the point of no return refused, a state that
+    /// does not fit): it ends FAILED without undoing anything, for an operator.
     fn fail_forward(&mut self, reason: String) {
         self.s.status = SagaStatus::Failed;
         self.s.current_step = None;
