@@ -131,3 +131,69 @@ async fn a_participant_killed_after_its_effect_before_its_reply_does_not_apply_i
     }
     assert_checkout_ledgers(&stack, 1);
 }
+
+/// A worker that took a start and died before journalling it leaves the start unacked
+/// for its ack wait (30 s here); the saga's cancel, published right after, reaches the
+/// next worker first. The saga is cancelled all the same: the worker finds the start
+/// still waiting in `SAGA_INBOX` and applies it before the cancel, instead of holding
+/// the cancel back while the start's ack wait runs out and the saga completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_that_overtakes_its_start_still_cancels_the_saga() {
+    use saga_ports::{Consumer as _, Publisher as _};
+    let stack = Stack::new();
+    let mut worker = stack.worker("worker", &[]);
+    let js = stack.js().await;
+    wait_provisioned(&js).await;
+    stop(&mut worker);
+    let id = "overtaken-1";
+    start_saga(&js, SAGA, id, order(id, "erin", &[("sku-1", 1, 250)])).await;
+    // The worker that dies holding the start: it takes the start and never acks it.
+    let saga_id = saga_core::SagaId::parse(id).unwrap();
+    let partition = saga_core::ids::partition_of(&saga_id, PARTITIONS);
+    let mut dying = saga_nats::NatsConsumer::partition(&js, partition)
+        .await
+        .unwrap();
+    let taken = dying.fetch(1, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(taken.len(), 1, "the start is delivered to the dying worker");
+    drop(dying);
+    let cancel =
+        saga_runtime::envelope::cancel_message(SAGA, &saga_id, "changed my mind", PARTITIONS);
+    saga_nats::NatsPublisher::new(js.clone())
+        .publish(&cancel)
+        .await
+        .unwrap();
+
+    let mut worker = stack.worker("worker", &[]);
+    let mut ps = checkout_participants(&stack, &[]);
+    let states = wait_terminal(&js, SAGA, &[id.to_string()], Duration::from_secs(120)).await;
+    let j = journal(&js, SAGA, id).await;
+    assert_eq!(
+        states,
+        [pb::SagaState::Compensated],
+        "journal: {:?}",
+        event_log(&j)
+    );
+    let log = event_log(&j);
+    assert_eq!(
+        log.first().map(String::as_str),
+        Some("SAGA_STARTED"),
+        "{log:?}"
+    );
+    let inputs: Vec<bool> = j
+        .iter()
+        .map(|e| {
+            matches!(
+                e.input.as_ref().and_then(|i| i.kind.as_ref()),
+                Some(pb::journal_input::Kind::Cancel(_))
+            )
+        })
+        .collect();
+    assert_eq!(
+        inputs.iter().position(|c| *c),
+        Some(1),
+        "the cancel is the input journalled right after the start: {log:?}"
+    );
+    assert!(log.contains(&"COMPENSATION_STARTED".to_string()), "{log:?}");
+    assert_gapless(&j, id);
+    stop_all(&mut worker, &mut ps);
+}

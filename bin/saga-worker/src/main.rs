@@ -14,7 +14,7 @@ use saga_nats::leases::{LeaseSettings, Leases};
 use saga_nats::membership::{MembershipSettings, PartitionOwner};
 use saga_nats::{
     ConsumerSettings, NatsConsumer, NatsDefinitionRegistry, NatsJournal, NatsOpenSagas,
-    NatsPublisher, ProvisionConfig,
+    NatsPublisher, NatsWaitingInputs, ProvisionConfig,
 };
 use saga_ports::{SagaStore, StoreError};
 use saga_runtime::{Context, FaultPoint, Limits, RuntimeConfig, Worker};
@@ -170,6 +170,7 @@ async fn run(args: Args) -> Result<()> {
         publisher: Arc::new(NatsPublisher::new(js.clone())),
         store: store.clone(),
         open: Arc::new(NatsOpenSagas::new(js.clone())),
+        waiting: Some(Arc::new(NatsWaitingInputs::new(js.clone()))),
         clock: clock.clone(),
         limits: Limits::new(&config),
         config,

@@ -36,6 +36,7 @@ mod open;
 mod provision;
 mod publisher;
 pub mod sampler;
+mod waiting;
 
 pub use clock::BrokerClock;
 pub use connect::{
@@ -52,6 +53,7 @@ pub use provision::{
     provision, provision_streams, stream_drift, ConsumerSettings, ProvisionConfig, Provisioned,
 };
 pub use publisher::NatsPublisher;
+pub use waiting::NatsWaitingInputs;
 
 /// FNV-1a of a name: spreads where workers start looking for free partitions.
 pub(crate) fn names_hash(s: &str) -> u64 {

@@ -558,3 +558,56 @@ impl DefinitionRegistry for MemoryDefinitionRegistry {
         Ok(all)
     }
 }
+
+/// Inputs still stored, set by a test: what [`WaitingInputs::waiting`] finds.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryWaitingInputs {
+    stored: Arc<Mutex<Vec<Waiting>>>,
+}
+
+#[derive(Debug, Clone)]
+struct Waiting {
+    partition: u32,
+    saga_id: String,
+    message: OutgoingMessage,
+    sequence: u64,
+}
+
+impl MemoryWaitingInputs {
+    /// Stores `message` for saga `saga_id` of `partition`, with stream sequence `sequence`.
+    pub fn store(&self, partition: u32, saga_id: &str, message: &OutgoingMessage, sequence: u64) {
+        self.stored.lock().unwrap().push(Waiting {
+            partition,
+            saga_id: saga_id.into(),
+            message: message.clone(),
+            sequence,
+        });
+    }
+}
+
+#[async_trait]
+impl WaitingInputs for MemoryWaitingInputs {
+    async fn waiting(
+        &self,
+        partition: u32,
+        saga_id: &str,
+        max: usize,
+    ) -> Result<Vec<Delivery>, PortError> {
+        let stored = self.stored.lock().unwrap();
+        Ok(stored
+            .iter()
+            .filter(|w| w.partition == partition && w.saga_id == saga_id)
+            .take(max)
+            .map(|w| Delivery {
+                subject: w.message.subject.clone(),
+                headers: w.message.headers.clone(),
+                payload: w.message.payload.clone(),
+                stream: "MEMORY".into(),
+                stream_sequence: w.sequence,
+                delivered: 0,
+                consumer: String::new(),
+                acker: Box::new(DetachedAcker),
+            })
+            .collect())
+    }
+}

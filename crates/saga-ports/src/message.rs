@@ -108,6 +108,47 @@ pub trait OpenSagas: Send + Sync + 'static {
     async fn list(&self, partition: u32) -> Result<Vec<(String, String)>, PortError>;
 }
 
+/// The inputs of a saga still stored in the input stream (not yet acked by anyone).
+///
+/// A saga's start can reach its worker after a later input of the same saga (a cancel):
+/// the start was delivered to a worker that died or stalled before acking it, so it
+/// comes back only after its ack wait, while the cancel, published later, is delivered
+/// to the next owner at once. The saga's actor then looks up the start here and applies
+/// it first, instead of holding the later input back for the start's ack wait.
+#[async_trait]
+pub trait WaitingInputs: Send + Sync + 'static {
+    /// Up to `max` messages still stored on saga `saga_id`'s input subject of
+    /// `partition` (`saga.in.<partition>.<saga_id>`), oldest first, as deliveries whose
+    /// acker settles nothing (their own deliveries are settled when they come).
+    async fn waiting(
+        &self,
+        partition: u32,
+        saga_id: &str,
+        max: usize,
+    ) -> Result<Vec<Delivery>, PortError>;
+}
+
+/// The acker of a message read from a stream rather than delivered by a consumer:
+/// settling it does nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DetachedAcker;
+
+#[async_trait]
+impl Acker for DetachedAcker {
+    async fn ack(&self) -> Result<(), PortError> {
+        Ok(())
+    }
+    async fn nak(&self, _delay: Option<Duration>) -> Result<(), PortError> {
+        Ok(())
+    }
+    async fn term(&self) -> Result<(), PortError> {
+        Ok(())
+    }
+    async fn in_progress(&self) -> Result<(), PortError> {
+        Ok(())
+    }
+}
+
 /// A journal record to append to `saga.journal.<saga_type>.<saga_id>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JournalAppend {

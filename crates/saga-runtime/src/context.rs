@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use saga_core::definition::SagaDefinition;
 use saga_core::{Clock, SagaId};
-use saga_ports::{Journal, OpenSagas, Publisher, SagaStore};
+use saga_ports::{Journal, OpenSagas, Publisher, SagaStore, WaitingInputs};
 use tokio::sync::Semaphore;
 
 use crate::versions::{VersionError, Versions};
@@ -89,6 +89,9 @@ pub struct Context {
     pub store: Arc<dyn SagaStore>,
     /// The per-partition index of open sagas.
     pub open: Arc<dyn OpenSagas>,
+    /// Inputs still stored in the input stream: where an input that reaches a saga
+    /// before its start finds the start (`None`: it waits for the start's redelivery).
+    pub waiting: Option<Arc<dyn WaitingInputs>>,
     /// Wall clock for timestamps and persisted deadlines.
     pub clock: Arc<dyn Clock>,
     /// Settings.

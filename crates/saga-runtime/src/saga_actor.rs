@@ -450,11 +450,15 @@ impl SagaActorState {
                 )
                 .await;
         }
+        if self.stored.is_none() && !matches!(input, Input::Start { .. }) && failures == 0 {
+            // Looked up once per input: a start published before it is stored by now.
+            self.start_ahead(myself).await?;
+        }
         if self.stored.is_none() {
             if !matches!(input, Input::Start { .. }) {
-                // Its start may still be on its way (redelivered after this input, or
-                // being journalled by the previous owner of the partition): try again
-                // later, and give up only after the input's attempts are spent.
+                // Its start is on its way (being journalled by the previous owner of the
+                // partition, or published but not yet stored): try again later, and give
+                // up only after the input's attempts are spent.
                 self.ctx.limits.failed(&self.saga_id, &input_id);
                 let tries = failures + 1;
                 if tries >= self.ctx.config.max_deliver {
@@ -476,14 +480,7 @@ impl SagaActorState {
                 }
                 return Ok(());
             }
-            let def = self.def.as_ref().expect("checked above");
-            let mut state = SagaState::new(def, self.saga_id.clone(), self.ctx.clock.now());
-            state.definition_version = self.ctx.latest_version(&self.saga_type);
-            self.stored = Some(StoredSaga {
-                state,
-                journal_sequence: 0,
-                timers: Vec::new(),
-            });
+            self.stored = Some(self.fresh());
         }
         self.transition(myself, input).await?;
         self.ctx.fault(FaultPoint::AfterCommit);
@@ -494,6 +491,60 @@ impl SagaActorState {
             settle_ack(d).await;
         }
         Ok(())
+    }
+
+    /// A saga that has not started yet, on the latest version of its type.
+    fn fresh(&self) -> StoredSaga {
+        let def = self.def.as_ref().expect("a saga of a known type");
+        let mut state = SagaState::new(def, self.saga_id.clone(), self.ctx.clock.now());
+        state.definition_version = self.ctx.latest_version(&self.saga_type);
+        StoredSaga {
+            state,
+            journal_sequence: 0,
+            timers: Vec::new(),
+        }
+    }
+
+    /// An input reached a saga that has not started. Its start is usually still stored
+    /// in the input stream, unacked: delivered to a worker that died or stalled before
+    /// journalling it, it is redelivered only after its ack wait, while this later input
+    /// was delivered at once. The start is applied now, ahead of the input (its own
+    /// delivery, when it comes, is then acked as already applied), so a cancel sent
+    /// right after a start cancels the saga instead of waiting out the start's ack wait.
+    /// Leaves the saga unstarted when no start is found or the stream cannot be read.
+    async fn start_ahead(&mut self, myself: &ActorRef<SagaMsg>) -> Result<(), RuntimeError> {
+        const LOOK_AT: usize = 8;
+        let Some(waiting) = self.ctx.waiting.clone() else {
+            return Ok(());
+        };
+        let partition = saga_core::ids::partition_of(&self.saga_id, self.ctx.config.partitions);
+        let stored = match waiting
+            .waiting(partition, self.saga_id.as_str(), LOOK_AT)
+            .await
+        {
+            Ok(stored) => stored,
+            Err(e) => {
+                warn!(saga_id = %self.saga_id, error = %e, "looking for the saga's start in the input stream failed");
+                return Ok(());
+            }
+        };
+        let start = stored.iter().find_map(|d| {
+            crate::envelope::decode_input(d).ok().filter(|x| {
+                matches!(x.input, Input::Start { .. })
+                    && x.saga_id == self.saga_id
+                    && x.saga_type == self.saga_type
+            })
+        });
+        let Some(start) = start else {
+            return Ok(());
+        };
+        info!(saga_id = %self.saga_id, start = %start.input.id(), "an input came before the saga's start: the start, still waiting in the input stream, is applied first");
+        self.stored = Some(self.fresh());
+        if let Err(e) = self.transition(myself, &start.input).await {
+            self.stored = None;
+            return Err(e);
+        }
+        self.relay().await
     }
 
     /// The version the saga is pinned to cannot be had: the saga is not touched and

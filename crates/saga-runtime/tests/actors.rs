@@ -33,6 +33,7 @@ struct Rig {
     publisher: MemoryPublisher,
     journal: MemoryJournal,
     open: MemoryOpenSagas,
+    waiting: MemoryWaitingInputs,
     store: Arc<dyn SagaStore>,
     ctx: Context,
 }
@@ -49,6 +50,7 @@ fn rig_with(
     let publisher = MemoryPublisher::default();
     let journal = MemoryJournal::default();
     let open = MemoryOpenSagas::default();
+    let waiting = MemoryWaitingInputs::default();
     let config = RuntimeConfig {
         // One partition: the in-memory consumer feeds every saga.
         partitions: 1,
@@ -65,6 +67,7 @@ fn rig_with(
         publisher: Arc::new(publisher.clone()),
         store: store.clone(),
         open: Arc::new(open.clone()),
+        waiting: Some(Arc::new(waiting.clone())),
         clock: Arc::new(ManualClock::new(1_700_000_000_000)),
         limits: Limits::new(&config),
         config,
@@ -76,6 +79,7 @@ fn rig_with(
             publisher,
             journal,
             open,
+            waiting,
             store,
             ctx,
         },
@@ -709,6 +713,38 @@ async fn a_cancel_that_overtakes_its_start_is_applied_once_the_start_is() {
         SagaStatus::Compensated
     );
     assert!(rig.journal_inputs("c-1").contains(&"cancel".to_string()));
+    worker.shutdown(Duration::from_secs(1)).await;
+}
+
+/// A cancel whose start is still stored in the input stream, unacked (taken by a
+/// worker that died before journalling it), finds that start and applies it first: the
+/// saga is cancelled at once, and the start's own late delivery changes nothing.
+#[tokio::test]
+async fn a_cancel_whose_start_is_still_waiting_applies_the_start_first() {
+    let (rig, consumer) = rig(Arc::new(MemoryStore::default()));
+    let worker = Worker::start(rig.ctx.clone(), vec![(0, Box::new(consumer))])
+        .await
+        .unwrap();
+    let id = SagaId::parse("w-1").unwrap();
+    let start = start_message("OrderCheckout", &id, Some(order_payload()), "k", 1, 0);
+    rig.waiting.store(0, "w-1", &start, 1);
+    let cancel = cancel_message("OrderCheckout", &id, "changed my mind", 1);
+    rig.deliver(&cancel);
+    assert_eq!(
+        rig.run_until_terminal("w-1", &ok).await,
+        SagaStatus::Compensated
+    );
+    assert_eq!(rig.journal_inputs("w-1")[..2], ["start", "cancel"]);
+    // The start's own delivery, after its ack wait, is acked as already applied.
+    let late = rig.deliver(&start);
+    wait_for("the late start is acked", || {
+        rig.feed
+            .settled()
+            .iter()
+            .any(|(s, st)| *s == late && matches!(st, Settled::Ack))
+    })
+    .await;
+    assert_eq!(rig.journal_inputs("w-1")[..2], ["start", "cancel"]);
     worker.shutdown(Duration::from_secs(1)).await;
 }
 
