@@ -156,6 +156,16 @@ pub fn journal_input_json(i: &JournalInput) -> Value {
         Some(journal_input::Kind::DeadlineExceeded(_)) => {
             obj(vec![("deadlineExceeded", json!({}))])
         }
+        Some(journal_input::Kind::Migrate(m)) => {
+            let map: std::collections::BTreeMap<_, _> = m.step_map.iter().collect();
+            obj(vec![(
+                "migrate",
+                obj(vec![
+                    ("toVersion", json!(m.to_version)),
+                    ("stepMap", json!(map)),
+                ]),
+            )])
+        }
     }
 }
 

@@ -343,6 +343,15 @@ fn input(i: Option<&JournalInput>) -> String {
                 format!("cancel: {}", c.reason)
             }
         }
+        journal_input::Kind::Migrate(m) => {
+            let mut map: Vec<_> = m.step_map.iter().map(|(a, b)| format!("{a}={b}")).collect();
+            map.sort();
+            if map.is_empty() {
+                format!("migrate to {}", m.to_version)
+            } else {
+                format!("migrate to {} ({})", m.to_version, map.join(", "))
+            }
+        }
         journal_input::Kind::DeadlineExceeded(_) => "deadline exceeded".into(),
     }
 }

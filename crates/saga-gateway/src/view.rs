@@ -81,6 +81,15 @@ fn apply_transition(
             }
             return;
         }
+        K::Migrated => {
+            // `reason` lists the steps renamed by the migration, `OLD=NEW, ...`.
+            for (old, new) in t.reason.split(", ").filter_map(|r| r.split_once('=')) {
+                if let Some(step) = saga.steps.iter_mut().find(|s| s.name == old) {
+                    step.name = new.to_string();
+                }
+            }
+            return;
+        }
         K::Unspecified
         | K::SagaStarted
         | K::SagaCompleted

@@ -209,6 +209,10 @@ pub fn journal_input(input: &Input, saga_id: &str) -> pb::JournalInput {
             reason: reason.clone(),
         }),
         Input::DeadlineExceeded => Kind::DeadlineExceeded(pb::DeadlineExceeded {}),
+        Input::Migrate { to, step_map } => Kind::Migrate(pb::MigrateSaga {
+            to_version: to.clone(),
+            step_map: step_map.clone().into_iter().collect(),
+        }),
     };
     pb::JournalInput { kind: Some(kind) }
 }
@@ -231,8 +235,20 @@ pub fn input_from_journal(j: &pb::JournalInput) -> Result<Input, ConversionError
                 reason: c.reason.clone(),
             },
             Kind::DeadlineExceeded(_) => Input::DeadlineExceeded,
+            Kind::Migrate(m) => migrate_input(m)?,
         },
     )
+}
+
+/// The model input an operator's migration stands for.
+pub fn migrate_input(m: &pb::MigrateSaga) -> Result<Input, ConversionError> {
+    if m.to_version.is_empty() {
+        return Err(ConversionError::Missing("to_version"));
+    }
+    Ok(Input::Migrate {
+        to: m.to_version.clone(),
+        step_map: m.step_map.clone().into_iter().collect(),
+    })
 }
 
 /// The model input a participant's reply stands for.
@@ -393,6 +409,11 @@ impl From<&SagaEvent> for pb::TransitionEvent {
                 t.reason = reason.clone();
                 K::InputIgnored
             }
+            SagaEvent::Migrated { from, to, renamed } => {
+                (t.from_version, t.to_version) = (from.clone(), to.clone());
+                t.reason = renamed.clone();
+                K::Migrated
+            }
         };
         t.kind = kind as i32;
         t
@@ -461,6 +482,11 @@ impl TryFrom<&pb::TransitionEvent> for SagaEvent {
             K::SagaCompensated => SagaEvent::SagaCompensated { reason },
             K::SagaFailed => SagaEvent::SagaFailed { reason },
             K::InputIgnored => SagaEvent::InputIgnored { reason },
+            K::Migrated => SagaEvent::Migrated {
+                from: t.from_version.clone(),
+                to: t.to_version.clone(),
+                renamed: reason,
+            },
         })
     }
 }

@@ -76,6 +76,37 @@ pub fn cancel_message(
     }
 }
 
+/// The message that moves saga `saga_id` to definition version `to`
+/// (`sagactl saga migrate`), with `step_map` naming renamed steps (old → new).
+/// Sent twice, it is stored once (its message id names the migration).
+pub fn migrate_message(
+    saga_type: &str,
+    saga_id: &SagaId,
+    to: &str,
+    step_map: &std::collections::BTreeMap<String, String>,
+    partitions: u32,
+) -> OutgoingMessage {
+    let input = pb::SagaInput {
+        saga_id: saga_id.to_string(),
+        saga_type: saga_type.to_string(),
+        kind: Some(pb::saga_input::Kind::Migrate(pb::MigrateSaga {
+            to_version: to.to_string(),
+            step_map: step_map.clone().into_iter().collect(),
+        })),
+    };
+    let id = Input::Migrate {
+        to: to.to_string(),
+        step_map: step_map.clone(),
+    }
+    .id();
+    OutgoingMessage {
+        subject: inbox_subject(saga_id, partitions),
+        msg_id: format!("{id}:{saga_id}"),
+        headers: Headers::from([(header::SAGA_ID.to_string(), saga_id.to_string())]),
+        payload: input.encode_to_vec(),
+    }
+}
+
 /// A decoded saga input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodedInput {
@@ -128,6 +159,9 @@ pub fn decode_input(d: &Delivery) -> Result<DecodedInput, String> {
             pb::reply_input(&r).map_err(|e| format!("bad StepReply: {e}"))?
         }
         pb::saga_input::Kind::Cancel(c) => Input::Cancel { reason: c.reason },
+        pb::saga_input::Kind::Migrate(m) => {
+            pb::migrate_input(&m).map_err(|e| format!("bad MigrateSaga: {e}"))?
+        }
     };
     Ok(DecodedInput {
         saga_id,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use saga_core::definition::SagaDefinition;
-use saga_core::machine::{apply, Input, SagaState, TimerKey};
+use saga_core::machine::{apply, migrate, refuse, Input, SagaState, TimerKey};
 use saga_core::SagaId;
 use saga_ports::{
     dead_letter_message, Commit, Delivery, OutboxItem, PortError, SagaStore, StoreError, StoredSaga,
@@ -482,7 +482,14 @@ impl SagaActorState {
             }
             self.stored = Some(self.fresh());
         }
-        self.transition(myself, input).await?;
+        let target = match input {
+            Input::Migrate { to, .. } => match self.migration_target(to).await {
+                Ok(target) => Some(target),
+                Err(e) => return self.unpinned(delivery, &e).await,
+            },
+            _ => None,
+        };
+        self.transition_to(myself, input, target).await?;
         self.ctx.fault(FaultPoint::AfterCommit);
         self.relay().await?;
         self.ctx.fault(FaultPoint::AfterPublish);
@@ -585,22 +592,61 @@ impl SagaActorState {
         Ok(())
     }
 
-    /// Applies the input and commits the transition locally (state, outbox, timers).
-    /// Nothing waits for the local store to reach the disk: the relay makes the
-    /// transition durable in the journal before the input is acked, and a local copy
-    /// that lost it is restored from the journal.
+    /// The definition a migration moves to, or why it cannot be had for good (the
+    /// version is not registered, or unusable: the migration is refused). An error is
+    /// a registry that cannot be read: the input is handed back.
+    async fn migration_target(
+        &self,
+        to: &str,
+    ) -> Result<Result<Arc<SagaDefinition>, String>, crate::VersionError> {
+        match self.ctx.definition_for(&self.saga_type, to).await {
+            Ok(def) => Ok(Ok(def)),
+            Err(e @ crate::VersionError::Unavailable { .. }) => Err(e),
+            Err(e) => Ok(Err(e.to_string())),
+        }
+    }
+
+    /// [`Self::transition_to`] for any input but a migration.
     async fn transition(
         &mut self,
         myself: &ActorRef<SagaMsg>,
         input: &Input,
     ) -> Result<(), RuntimeError> {
-        let (Some(def), Some(stored)) = (self.def.clone(), self.stored.as_ref()) else {
+        self.transition_to(myself, input, None).await
+    }
+
+    /// Applies the input and commits the transition locally (state, outbox, timers).
+    /// Nothing waits for the local store to reach the disk: the relay makes the
+    /// transition durable in the journal before the input is acked, and a local copy
+    /// that lost it is restored from the journal. A migration (`target`: the version it
+    /// moves to, or why that version cannot be had) switches the saga's definition.
+    async fn transition_to(
+        &mut self,
+        myself: &ActorRef<SagaMsg>,
+        input: &Input,
+        target: Option<Result<Arc<SagaDefinition>, String>>,
+    ) -> Result<(), RuntimeError> {
+        let (Some(mut def), Some(stored)) = (self.def.clone(), self.stored.as_ref()) else {
             return Ok(());
         };
         let now = self.ctx.clock.now();
-        let t = match &self.diverged {
-            Some(why) => saga_core::machine::halt(&stored.state, input, now, why),
-            None => apply(&def, &stored.state, input, now),
+        let t = match (&self.diverged, input, target) {
+            (Some(why), ..) => saga_core::machine::halt(&stored.state, input, now, why),
+            (None, Input::Migrate { to, step_map }, Some(Ok(to_def))) => {
+                let t = migrate(&def, &to_def, to, &stored.state, step_map, input, now);
+                if t.state.definition_version != stored.state.definition_version {
+                    info!(saga_id = %self.saga_id, saga_type = %self.saga_type, from = %stored.state.definition_version, to = %to, "saga migrated to another definition version");
+                    def = to_def;
+                } else {
+                    warn!(saga_id = %self.saga_id, saga_type = %self.saga_type, to = %to, events = ?t.events, "migration refused");
+                }
+                t
+            }
+            (None, Input::Migrate { to, .. }, Some(Err(why))) => {
+                warn!(saga_id = %self.saga_id, saga_type = %self.saga_type, to = %to, why, "migration refused");
+                refuse(&stored.state, input, now, &why)
+            }
+            (None, ..) => apply(&def, &stored.state, input, now),
         };
         let first = stored.state.version == 0;
         let span = Span::current();
@@ -656,6 +702,7 @@ impl SagaActorState {
             keep
         });
         self.stored = Some(commit.saga);
+        self.def = Some(def);
         Ok(())
     }
 
@@ -843,7 +890,7 @@ impl SagaActorState {
     /// definition or the code changed under the saga, and going on would diverge.
     async fn replay(
         &self,
-        def: &SagaDefinition,
+        def: &Arc<SagaDefinition>,
     ) -> Result<(saga_ports::Snapshot, Option<String>), RuntimeError> {
         let bad = |why: String| RuntimeError::Journal {
             saga_id: self.saga_id.to_string(),
@@ -856,23 +903,68 @@ impl SagaActorState {
             .await?;
         let mut snapshot: Option<saga_ports::Snapshot> = None;
         let mut diverged = None;
+        // The version each record was applied on: the saga's first, then the one each
+        // migration moved it to.
+        let mut on: Option<Arc<SagaDefinition>> = None;
         for r in &records {
             let record = decode_record(r.sequence, &r.payload).map_err(bad)?;
+            let cur = match on.take() {
+                Some(d) => d,
+                // Records written before versions existed name none: the saga's own.
+                None if record.definition_version.is_empty() => def.clone(),
+                None => self.pinned(&record.definition_version).await?,
+            };
             let (state, timers) = match snapshot.take() {
                 Some(s) => (s.state, s.timers),
                 None => (
-                    SagaState::new(def, self.saga_id.clone(), record.recorded_at),
+                    SagaState::new(&cur, self.saga_id.clone(), record.recorded_at),
                     Vec::new(),
                 ),
             };
-            let t = apply(def, &state, &record.input, record.recorded_at);
+            let mut next = cur.clone();
+            let t = match &record.input {
+                Input::Migrate { to, step_map } => {
+                    let migrated = record
+                        .events
+                        .iter()
+                        .any(|e| e.kind == saga_proto::TransitionEventKind::Migrated as i32);
+                    if migrated {
+                        let to_def = self.pinned(to).await?;
+                        let t = migrate(
+                            &cur,
+                            &to_def,
+                            to,
+                            &state,
+                            step_map,
+                            &record.input,
+                            record.recorded_at,
+                        );
+                        next = to_def;
+                        t
+                    } else {
+                        // Refused when it came (for reasons of that moment, such as a
+                        // version not registered yet): refused again, for the same reason.
+                        let why = record
+                            .events
+                            .first()
+                            .map(|e| e.reason.clone())
+                            .unwrap_or_default();
+                        let why = why
+                            .split_once(" refused: ")
+                            .map(|(_, w)| w.to_string())
+                            .unwrap_or(why);
+                        refuse(&state, &record.input, record.recorded_at, &why)
+                    }
+                }
+                _ => apply(&cur, &state, &record.input, record.recorded_at),
+            };
             if diverged.is_none() {
                 diverged = compare_events(&record, &t.events);
             }
             let first = state.version == 0;
             let out = interpret::transition(
                 &self.ctx,
-                def,
+                &next,
                 &timers,
                 &record.input,
                 &t,
@@ -885,6 +977,7 @@ impl SagaActorState {
                 timers: out.timers.into_iter().collect(),
                 effects: t.effects,
             });
+            on = Some(next);
         }
         let snapshot = snapshot.ok_or_else(|| bad("the journal has no record".into()))?;
         Ok((snapshot, diverged))

@@ -23,7 +23,7 @@ use tracing::{info_span, Span};
 
 use crate::envelope::RecordTrace;
 
-/// `start`, `step_reply`, `compensation_reply`, `timer`, `cancel`, `deadline_exceeded`.
+/// `start`, `step_reply`, `compensation_reply`, `timer`, `cancel`, `deadline_exceeded`, `migrate`.
 pub(crate) fn input_kind(input: &Input) -> &'static str {
     match input {
         Input::Start { .. } => "start",
@@ -32,6 +32,7 @@ pub(crate) fn input_kind(input: &Input) -> &'static str {
         Input::TimerFired(_) => "timer",
         Input::Cancel { .. } => "cancel",
         Input::DeadlineExceeded => "deadline_exceeded",
+        Input::Migrate { .. } => "migrate",
     }
 }
 

@@ -192,6 +192,9 @@ impl Machine<'_> {
             Input::TimerFired(key) => self.timer(key),
             Input::Cancel { reason } => self.cancel(format!("cancelled: {reason}")),
             Input::DeadlineExceeded => self.deadline(),
+            Input::Migrate { to, .. } => self.ignore(format!(
+                "migration to version {to} given without the version (applied by the runtime)"
+            )),
         }
     }
 

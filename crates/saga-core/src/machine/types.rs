@@ -189,6 +189,15 @@ pub enum Input {
     },
     /// The saga ran past its deadline.
     DeadlineExceeded,
+    /// An operator moves the saga to another version of its definition
+    /// (`sagactl saga migrate`). Applied by the runtime, which has both versions
+    /// ([`crate::machine::migrate`]); [`crate::apply`] alone ignores it.
+    Migrate {
+        /// Digest of the version to move to.
+        to: String,
+        /// Old step name → new step name, for steps renamed between the versions.
+        step_map: std::collections::BTreeMap<String, String>,
+    },
 }
 
 impl Input {
@@ -203,6 +212,7 @@ impl Input {
     /// | step reply | `do:<step>:<attempt>:<ok\|business\|technical>` |
     /// | compensation reply | `undo:<step>:<attempt>:<ok\|business\|technical>` |
     /// | timer | `timer:<kind>:<step>:<attempt>` |
+    /// | migration | `migrate:<to>:<OLD=NEW,...>` |
     pub fn id(&self) -> String {
         let outcome = |o: &Outcome| match o {
             Outcome::Ok { .. } => "ok",
@@ -213,6 +223,14 @@ impl Input {
             Self::Start { .. } => "start".into(),
             Self::Cancel { .. } => "cancel".into(),
             Self::DeadlineExceeded => "deadline".into(),
+            Self::Migrate { to, step_map } => format!(
+                "migrate:{to}:{}",
+                step_map
+                    .iter()
+                    .map(|(a, b)| format!("{a}={b}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
             Self::StepReply {
                 step,
                 attempt,
@@ -426,6 +444,15 @@ pub enum SagaEvent {
     InputIgnored {
         /// Why.
         reason: String,
+    },
+    /// The saga moved to another version of its definition.
+    Migrated {
+        /// Digest of the version it ran on.
+        from: String,
+        /// Digest of the version it runs on now.
+        to: String,
+        /// Steps that changed name, as `OLD=NEW, ...` (empty: none).
+        renamed: String,
     },
 }
 
