@@ -307,3 +307,196 @@ async fn a_saga_whose_version_is_missing_is_left_as_it_is() {
     assert_eq!(dlq, 0);
     playing.abort();
 }
+
+/// V1 with `Audit` renamed `Review` and a `Notify` step added before `Charge`: a
+/// version a running V1 saga can move to with `--step-map Audit=Review`.
+const V1_1: &str = "saga:
+  name: VersionedSaga
+  version: v1.1
+  steps:
+    - {name: Reserve, service: vsvc, action: reserve, compensation: none, timeout: 60s}
+    - {name: Review, service: vsvc, action: audit, compensation: none, timeout: 60s}
+    - {name: Notify, service: vsvc, action: notify, compensation: none, timeout: 60s}
+    - {name: Charge, service: vsvc, action: charge, timeout: 60s}
+";
+
+/// `sagactl` that may fail: (succeeded, output).
+fn sagactl_status(stack: &Stack, args: &[&str]) -> (bool, String) {
+    let out = Command::new(binary("sagactl"))
+        .args(args)
+        .args(["--nats-url", &stack.nats.url()])
+        .output()
+        .expect("run sagactl");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn reasons_of(journal: &[pb::JournalEvent], kind: pb::TransitionEventKind) -> Vec<String> {
+    journal
+        .iter()
+        .flat_map(|r| &r.events)
+        .filter(|e| e.kind == kind as i32)
+        .map(|e| e.reason.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_moves_a_saga_in_flight_when_its_map_is_valid_and_refuses_it_otherwise() {
+    let _serial = one_at_a_time().await;
+    let stack = Stack::new();
+    let (d1, d11) = (digest(V1), digest(V1_1));
+    let v1_dir = dir_with(&stack, "sagas-v1", V1);
+    let env = [("SAGAS_DIR", v1_dir.to_str().unwrap())];
+    let mut worker = stack.worker("w", &env);
+    let js = stack.js().await;
+    wait_provisioned(&js).await;
+    let participant = Participant::default();
+    *participant.hold.lock().unwrap() = true;
+    let playing = tokio::spawn(participant.clone().run(js.clone()));
+    for id in ["mig-1", "mig-2"] {
+        start_saga(&js, TYPE, id, pb::Payload::default()).await;
+    }
+    wait_in_flight(&js, &["mig-1", "mig-2"]).await;
+    // v1.1 is registered but not made latest: new sagas would still start on v1.
+    let file = dir_with(&stack, "sagas-v1.1", V1_1).join("versioned.yaml");
+    sagactl(
+        &stack,
+        &["def", "push", file.to_str().unwrap(), "--not-latest"],
+    );
+
+    // A dry run checks every open saga on v1 and sends nothing.
+    let (ok, dry) = sagactl_status(
+        &stack,
+        &[
+            "saga",
+            "migrate",
+            "--from",
+            "v1",
+            "--to",
+            "v1.1",
+            "--step-map",
+            "Audit=Review",
+            "--dry-run",
+        ],
+    );
+    assert!(ok, "{dry}");
+    assert_eq!(dry.matches("can migrate").count(), 2, "{dry}");
+    // A map that renames the step in flight is explained and refused before sending.
+    let (ok, bad) = sagactl_status(
+        &stack,
+        &[
+            "saga",
+            "migrate",
+            "--from",
+            &d1,
+            "--to",
+            &d11,
+            "--saga",
+            "mig-2",
+            "--step-map",
+            "Reserve=Review",
+        ],
+    );
+    assert!(!ok, "a refused migration fails: {bad}");
+    assert!(
+        bad.contains("refused") && bad.contains("is in flight"),
+        "{bad}"
+    );
+    assert!(
+        bad.contains("sent vsvc.reserve"),
+        "the changed command is named: {bad}"
+    );
+    // The worker checks again itself: the same bad migration sent straight to the saga
+    // is journalled as refused, with its reasons, and the saga stays on v1.
+    let bad_map = std::collections::BTreeMap::from([("Reserve".to_string(), "Review".to_string())]);
+    let id2 = saga_core::SagaId::parse("mig-2").unwrap();
+    NatsPublisher::new(js.clone())
+        .publish(&saga_runtime::envelope::migrate_message(
+            TYPE, &id2, &d11, &bad_map, PARTITIONS,
+        ))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the worker refuses the bad migration",
+        || async {
+            reasons_of(
+                &journal(&js, TYPE, "mig-2").await,
+                pb::TransitionEventKind::InputIgnored,
+            )
+            .iter()
+            .any(|r| {
+                r.starts_with(&format!("migration to version {d11} refused"))
+                    && r.contains("is in flight")
+            })
+        },
+    )
+    .await;
+    // A valid map moves mig-1, and only it.
+    let (ok, moved) = sagactl_status(
+        &stack,
+        &[
+            "saga",
+            "migrate",
+            "--from",
+            "v1",
+            "--to",
+            "v1.1",
+            "--saga",
+            "mig-1",
+            "--step-map",
+            "Audit=Review",
+        ],
+    );
+    assert!(ok, "{moved}");
+    assert!(
+        moved.contains("mig-1") && moved.contains("migrated"),
+        "{moved}"
+    );
+    let ls = sagactl(&stack, &["def", "ls"]);
+    assert_eq!(ls_row(&ls, &d1), (true, "1".into()), "{ls}");
+    assert_eq!(ls_row(&ls, &d11), (false, "1".into()), "{ls}");
+
+    // Another worker, with an empty store and only the v1 file, takes over: it rebuilds
+    // mig-1 across its migration (v1.1 read from the registry), checked record by record.
+    stop(&mut worker);
+    let (_worker, log) = worker_logged(&stack, "w2", &env);
+    *participant.hold.lock().unwrap() = false;
+    let ids = ["mig-1".to_string(), "mig-2".to_string()];
+    let states = wait_terminal(&js, TYPE, &ids, Duration::from_secs(60)).await;
+    let j1 = journal(&js, TYPE, "mig-1").await;
+    assert_eq!(
+        states,
+        [pb::SagaState::Completed; 2],
+        "{:?} {:?}",
+        event_log(&j1),
+        reasons_of(&j1, pb::TransitionEventKind::SagaFailed)
+    );
+    assert_eq!(steps_run(&j1), ["Reserve", "Review", "Notify", "Charge"]);
+    assert_eq!(versions_of(&j1), [d1.as_str(), d11.as_str()]);
+    assert_eq!(
+        reasons_of(&j1, pb::TransitionEventKind::Migrated),
+        [String::new()],
+        "one migration; Audit had not started, so no step that ran was renamed"
+    );
+    assert_gapless(&j1, "mig-1");
+    let j2 = journal(&js, TYPE, "mig-2").await;
+    assert_eq!(steps_run(&j2), ["Reserve", "Audit", "Charge"]);
+    assert_eq!(versions_of(&j2), [d1.as_str()]);
+    assert_gapless(&j2, "mig-2");
+    assert!(
+        log_lines(
+            &log,
+            "non-deterministic replay: the saga is stopped at its next input"
+        )
+        .is_empty(),
+        "the rebuild across the migration matched the journal"
+    );
+    playing.abort();
+}

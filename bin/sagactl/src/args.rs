@@ -212,6 +212,38 @@ pub enum SagaCommand {
     },
     /// Start a saga of any loaded definition (e.g. TravelBookingSaga) with a JSON payload.
     Start(StartArgs),
+    /// Move the open sagas of one definition version to another (see docs/definitions.md):
+    /// each saga is checked where it stands; those that cannot move are listed with
+    /// every reason and finish on their version.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The version the sagas run on: a digest, a unique digest prefix or a label.
+    #[arg(long, value_parser = non_empty)]
+    pub from: String,
+    /// The version to move them to (digest, unique prefix or label).
+    #[arg(long, value_parser = non_empty)]
+    pub to: String,
+    /// A step renamed between the versions, OLD=NEW; repeat for more.
+    #[arg(long = "step-map", value_name = "OLD=NEW")]
+    pub step_map: Vec<String>,
+    /// Saga type, when a digest prefix or label is shared by several types.
+    #[arg(long = "type")]
+    pub saga_type: Option<String>,
+    /// Only this saga (repeat for more); default: every open saga on --from.
+    #[arg(long = "saga", value_name = "ID")]
+    pub saga: Vec<String>,
+    /// Check and report, send nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Seconds to wait for the workers' verdicts.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub wait: u64,
+    /// NATS server URL.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
 }
 
 #[derive(Debug, Args)]

@@ -27,6 +27,7 @@ mod dlq;
 mod es;
 mod events;
 mod json;
+mod migrate;
 mod natsauth;
 mod output;
 mod projection;
@@ -89,6 +90,7 @@ fn main() -> ExitCode {
                 unreachable!("handled above")
             }
             Command::Order(args::OrderCommand::Place(a)) => sagas::place(&gateway, out, a).await,
+            Command::Saga(args::SagaCommand::Migrate(a)) => migrate::run(out, a).await,
             Command::Saga(c) => sagas::run(&gateway, out, c).await,
             Command::Projection(args::ProjectionCommand::Rebuild(a)) if a.name.is_some() => {
                 es::rebuild(out, a.name.as_deref().unwrap_or_default(), a.nats_url).await

@@ -135,6 +135,7 @@ pub async fn run(gateway: &str, out: Output, cmd: SagaCommand) -> Result<ExitCod
             }
         }
         SagaCommand::Start(a) => return start(&mut client, out, a).await,
+        SagaCommand::Migrate(_) => unreachable!("sent over NATS, not the gateway"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -916,10 +916,11 @@ impl SagaActorState {
             };
             let (state, timers) = match snapshot.take() {
                 Some(s) => (s.state, s.timers),
-                None => (
-                    SagaState::new(&cur, self.saga_id.clone(), record.recorded_at),
-                    Vec::new(),
-                ),
+                None => {
+                    let mut s = SagaState::new(&cur, self.saga_id.clone(), record.recorded_at);
+                    s.definition_version = record.definition_version.clone();
+                    (s, Vec::new())
+                }
             };
             let mut next = cur.clone();
             let t = match &record.input {
