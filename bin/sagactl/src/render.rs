@@ -245,6 +245,18 @@ pub fn history(events: &[JournalEvent]) -> String {
             if let Some(d) = &ev.deadline_at {
                 why = format!("deadline {d}");
             }
+            if kind == K::Migrated {
+                why = format!(
+                    "{} -> {}{}",
+                    ev.from_version,
+                    ev.to_version,
+                    if why.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", renamed {why}")
+                    }
+                );
+            }
             row(&mut t, &ev.step, &action, attempt, &what, &why);
         }
     }
@@ -369,6 +381,39 @@ mod tests {
         assert_eq!(state_name(42), "UNKNOWN(42)");
         assert!(is_terminal(SagaState::Failed as i32));
         assert!(!is_terminal(SagaState::Compensating as i32));
+    }
+
+    #[test]
+    fn history_shows_a_migration_with_its_versions_and_renamed_steps() {
+        let record = JournalEvent {
+            version: 4,
+            input: Some(JournalInput {
+                kind: Some(journal_input::Kind::Migrate(saga_proto::MigrateSaga {
+                    to_version: "bbbb".into(),
+                    step_map: [("ReserveStock".to_string(), "ReserveItems".to_string())]
+                        .into_iter()
+                        .collect(),
+                })),
+            }),
+            events: vec![saga_proto::TransitionEvent {
+                kind: TransitionEventKind::Migrated as i32,
+                from_version: "aaaa".into(),
+                to_version: "bbbb".into(),
+                reason: "ReserveStock=ReserveItems".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = history(&[record]);
+        assert!(
+            text.contains("INPUT") && text.contains("migrate to bbbb (ReserveStock=ReserveItems)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("MIGRATED")
+                && text.contains("aaaa -> bbbb, renamed ReserveStock=ReserveItems"),
+            "{text}"
+        );
     }
 
     #[test]
