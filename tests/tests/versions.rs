@@ -500,3 +500,104 @@ async fn a_migration_moves_a_saga_in_flight_when_its_map_is_valid_and_refuses_it
     );
     playing.abort();
 }
+
+/// A saga whose journal the machine no longer reproduces (here a record written by a
+/// build that named `Audit`'s command differently under the same version digest: the
+/// code changed, not the file) is stopped when a worker rebuilds it: FAILED with a
+/// non-deterministic replay error in GetSaga and in the worker's log, and nothing more
+/// is sent on the plan that diverged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_the_machine_no_longer_reproduces_stops_its_saga_on_rebuild() {
+    use saga_ports::Journal as _;
+    let _serial = one_at_a_time().await;
+    let stack = Stack::new();
+    let v1_dir = dir_with(&stack, "sagas-v1", V1);
+    let env = [("SAGAS_DIR", v1_dir.to_str().unwrap())];
+    let mut worker = stack.worker("w", &env);
+    let js = stack.js().await;
+    wait_provisioned(&js).await;
+    let participant = Participant::default();
+    *participant.hold.lock().unwrap() = true;
+    let playing = tokio::spawn(participant.clone().run(js.clone()));
+    start_saga(&js, TYPE, "nd-1", pb::Payload::default()).await;
+    wait_in_flight(&js, &["nd-1"]).await;
+    stop(&mut worker);
+
+    // The record the other build wrote: `Reserve` answered, `Audit`'s command sent as
+    // `audit-v0`.
+    let journal_port = saga_nats::NatsJournal::new(js.clone());
+    let last = journal_port.last(TYPE, "nd-1").await.unwrap().unwrap();
+    let record = saga_runtime::envelope::decode_record(last.sequence, &last.payload).unwrap();
+    let state = record.snapshot.unwrap().state;
+    let def = parse_definition("v.yaml", V1).unwrap().definition;
+    let input = saga_core::machine::Input::StepReply {
+        step: "Reserve".into(),
+        attempt: 1,
+        outcome: saga_core::machine::Outcome::Ok { result: vec![] },
+    };
+    let mut t = saga_core::apply(&def, &state, &input, record.recorded_at + 1);
+    for e in &mut t.events {
+        if let saga_core::machine::SagaEvent::StepStarted { action, .. } = e {
+            *action = "audit-v0".into();
+        }
+    }
+    let snapshot = saga_ports::Snapshot {
+        state: t.state.clone(),
+        timers: Vec::new(),
+        effects: t.effects.clone(),
+    };
+    let forged = saga_runtime::envelope::journal_append(
+        &t.state,
+        &input,
+        &t.events,
+        &snapshot,
+        "other-build",
+        record.recorded_at + 1,
+    );
+    journal_port.append(&forged, last.sequence).await.unwrap();
+
+    // A worker with an empty store takes over and rebuilds the saga from its journal.
+    let (_worker, log) = worker_logged(&stack, "w2", &env);
+    let (_gateway, mut client) = Gateway::start(&stack, "gateway").await;
+    *participant.hold.lock().unwrap() = false;
+    let states = wait_terminal(&js, TYPE, &["nd-1".to_string()], Duration::from_secs(60)).await;
+    assert_eq!(states, [pb::SagaState::Failed]);
+    let saga = client
+        .get_saga(pb::GetSagaRequest {
+            saga_id: "nd-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(saga.state(), pb::SagaState::Failed);
+    assert!(
+        saga.failure_reason
+            .starts_with("non-deterministic replay: record v2 (do:Reserve:1:ok)")
+            && saga.failure_reason.contains("STEP_STARTED Audit 1 (audit)")
+            && saga
+                .failure_reason
+                .contains("STEP_STARTED Audit 1 (audit-v0)"),
+        "{}",
+        saga.failure_reason
+    );
+    let logged = log_lines(
+        &log,
+        "non-deterministic replay: the saga is stopped at its next input",
+    );
+    assert_eq!(logged.len(), 1, "logged once");
+    assert_eq!(logged[0]["saga_id"], "nd-1", "{:?}", logged[0]);
+    assert!(
+        logged[0]["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("(audit-v0)")),
+        "{:?}",
+        logged[0]
+    );
+    assert!(
+        !event_log(&journal(&js, TYPE, "nd-1").await)
+            .iter()
+            .any(|l| l.contains("Charge")),
+        "nothing sent past the divergence"
+    );
+    playing.abort();
+}
