@@ -7,6 +7,7 @@
 # every process; docs/benchmarks.md records the figures.
 #   SAGAS=1000 scripts/bench.sh              # also rewrites the "Latest make bench" table
 #   BENCH_DOC= scripts/bench.sh               # print the table, change no file
+#   BENCH_RESULTS=/tmp/runs.jsonl scripts/bench.sh   # also keep every run's JSON report (CPU per process)
 #   DEV_ARGS="--otel http://127.0.0.1:4317" CONCURRENCY=16 WORKERS= scripts/bench.sh   # traces exported
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -59,11 +60,11 @@ print("    %.1f sagas/s, p50 %.1f ms, p99 %.1f ms, %.2f writes/saga, raw %.0f/s,
     rm -rf "${dir}"
 }
 
-results="$(mktemp)"
+results="${BENCH_RESULTS:-$(mktemp)}"
 for c in ${CONCURRENCY-1 16 64}; do run 1 "${c}"; done
 for w in ${WORKERS-2 3}; do run "${w}" 64; done
 
 # The table, between the markers of docs/benchmarks.md (BENCH_DOC= to only print it).
 doc="${BENCH_DOC-docs/benchmarks.md}"
 python3 scripts/bench_table.py "${results}" "${sagas}" "${doc}"
-rm -f "${results}"
+[ -n "${BENCH_RESULTS:-}" ] || rm -f "${results}"
