@@ -601,3 +601,53 @@ async fn a_journal_the_machine_no_longer_reproduces_stops_its_saga_on_rebuild() 
     );
     playing.abort();
 }
+
+/// A version pushed as the latest is what new sagas start on within the worker's poll
+/// of the registry, without a restart; the saga already running keeps its version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_latest_version_is_taken_up_by_running_workers() {
+    let _serial = one_at_a_time().await;
+    let stack = Stack::new();
+    let (d1, d2) = (digest(V1), digest(V2));
+    let v1_dir = dir_with(&stack, "sagas-v1", V1);
+    let env = [
+        ("SAGAS_DIR", v1_dir.to_str().unwrap()),
+        ("DEFINITIONS_POLL_MS", "200"),
+    ];
+    let (_worker, log) = worker_logged(&stack, "w", &env);
+    let js = stack.js().await;
+    wait_provisioned(&js).await;
+    let participant = Participant::default();
+    *participant.hold.lock().unwrap() = true;
+    let playing = tokio::spawn(participant.clone().run(js.clone()));
+    start_saga(&js, TYPE, "before-1", pb::Payload::default()).await;
+    wait_in_flight(&js, &["before-1"]).await;
+
+    let v2_file = dir_with(&stack, "sagas-v2", V2).join("versioned.yaml");
+    sagactl(&stack, &["def", "push", v2_file.to_str().unwrap()]);
+    eventually(
+        Duration::from_secs(30),
+        "the worker takes up v2",
+        || async {
+            log_lines(
+                &log,
+                "new sagas of this type now start on another definition version",
+            )
+            .iter()
+            .any(|l| l["to"] == d2.as_str())
+        },
+    )
+    .await;
+    start_saga(&js, TYPE, "after-1", pb::Payload::default()).await;
+    *participant.hold.lock().unwrap() = false;
+    let ids = ["before-1".to_string(), "after-1".to_string()];
+    let states = wait_terminal(&js, TYPE, &ids, Duration::from_secs(60)).await;
+    assert_eq!(states, [pb::SagaState::Completed; 2]);
+    let before = journal(&js, TYPE, "before-1").await;
+    assert_eq!(versions_of(&before), [d1.as_str()]);
+    assert_eq!(steps_run(&before), ["Reserve", "Audit", "Charge"]);
+    let after = journal(&js, TYPE, "after-1").await;
+    assert_eq!(versions_of(&after), [d2.as_str()]);
+    assert_eq!(steps_run(&after), ["Reserve", "Bill", "Ship"]);
+    playing.abort();
+}

@@ -82,6 +82,11 @@ struct Args {
     /// older file, or one brought up early with a new file).
     #[arg(long, env = "SAGA_NOT_LATEST")]
     not_latest: bool,
+    /// How often the registry's latest version of each type is read: a version made
+    /// latest (`sagactl def push`) is what new sagas start on within this time, without
+    /// a restart. 0: only at start.
+    #[arg(long, env = "DEFINITIONS_POLL_MS", default_value_t = 2_000)]
+    definitions_poll_ms: u64,
     #[command(flatten)]
     metrics: saga_telemetry::metrics::MetricsArgs,
 }
@@ -177,6 +182,19 @@ async fn run(args: Args) -> Result<()> {
         fault_hook: args.crash_at.as_deref().map(fault_hook).transpose()?,
     };
     let saga_types: Vec<String> = ctx.definitions.keys().cloned().collect();
+    if args.definitions_poll_ms > 0 {
+        let versions = ctx.versions.clone();
+        let every = Duration::from_millis(args.definitions_poll_ms);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                versions.refresh_latest().await;
+            }
+        });
+    }
     args.metrics.install("saga-worker")?;
     if args.metrics.enabled() {
         saga_runtime::metrics::enable_sampler();

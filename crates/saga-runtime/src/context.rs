@@ -171,7 +171,10 @@ impl Context {
 
     /// The definition of a saga type that new sagas start on.
     pub fn definition(&self, saga_type: &str) -> Option<Arc<SagaDefinition>> {
-        self.definitions.get(saga_type).cloned()
+        match self.versions.latest_definition(saga_type) {
+            Some((_, def)) if self.definitions.contains_key(saga_type) => Some(def),
+            _ => self.definitions.get(saga_type).cloned(),
+        }
     }
 
     /// The digest new sagas of a type are pinned to (empty when unknown).
@@ -192,7 +195,7 @@ impl Context {
         let current = self
             .definition(saga_type)
             .ok_or_else(|| VersionError::UnknownType(saga_type.to_string()))?;
-        if version.is_empty() || self.versions.latest(saga_type) == Some(version) {
+        if version.is_empty() || self.versions.latest(saga_type).as_deref() == Some(version) {
             return Ok(current);
         }
         self.versions.get(saga_type, version).await

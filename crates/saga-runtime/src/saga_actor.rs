@@ -500,11 +500,19 @@ impl SagaActorState {
         Ok(())
     }
 
-    /// A saga that has not started yet, on the latest version of its type.
-    fn fresh(&self) -> StoredSaga {
-        let def = self.def.as_ref().expect("a saga of a known type");
-        let mut state = SagaState::new(def, self.saga_id.clone(), self.ctx.clock.now());
-        state.definition_version = self.ctx.latest_version(&self.saga_type);
+    /// A saga that has not started yet, on the latest version of its type (read once:
+    /// the definition and its digest from the same moment).
+    fn fresh(&mut self) -> StoredSaga {
+        let (digest, def) = match self.ctx.versions.latest_definition(&self.saga_type) {
+            Some((digest, def)) => (digest, def),
+            None => (
+                String::new(),
+                self.def.clone().expect("a saga of a known type"),
+            ),
+        };
+        let mut state = SagaState::new(&def, self.saga_id.clone(), self.ctx.clock.now());
+        state.definition_version = digest;
+        self.def = Some(def);
         StoredSaga {
             state,
             journal_sequence: 0,

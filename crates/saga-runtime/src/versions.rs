@@ -69,7 +69,8 @@ impl VersionError {
 /// The versions of a worker: the digest new sagas of each type start on, every version
 /// loaded so far, and the registry to load the others from.
 pub struct Versions {
-    latest: BTreeMap<String, String>,
+    /// By type: the digest new sagas start on, and its definition.
+    latest: std::sync::RwLock<BTreeMap<String, (String, Arc<SagaDefinition>)>>,
     known: Mutex<HashMap<(String, String), Arc<SagaDefinition>>>,
     registry: Option<Arc<dyn DefinitionRegistry>>,
 }
@@ -77,7 +78,10 @@ pub struct Versions {
 impl std::fmt::Debug for Versions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Versions")
-            .field("latest", &self.latest)
+            .field(
+                "latest",
+                &*self.latest.read().unwrap_or_else(|e| e.into_inner()),
+            )
             .field("registry", &self.registry.is_some())
             .finish_non_exhaustive()
     }
@@ -96,13 +100,13 @@ impl Versions {
         for (t, def) in latest {
             let digest = def.version().digest;
             known.insert((t.clone(), digest.clone()), def.clone());
-            digests.insert(t.clone(), digest);
+            digests.insert(t.clone(), (digest, def.clone()));
         }
         for def in others {
             known.insert((def.name.clone(), def.version().digest), def);
         }
         Self {
-            latest: digests,
+            latest: std::sync::RwLock::new(digests),
             known: Mutex::new(known),
             registry,
         }
@@ -115,8 +119,71 @@ impl Versions {
     }
 
     /// The digest new sagas of a type start on.
-    pub fn latest(&self, saga_type: &str) -> Option<&str> {
-        self.latest.get(saga_type).map(String::as_str)
+    pub fn latest(&self, saga_type: &str) -> Option<String> {
+        self.latest_definition(saga_type).map(|(digest, _)| digest)
+    }
+
+    /// The version new sagas of a type start on: its digest and definition.
+    pub fn latest_definition(&self, saga_type: &str) -> Option<(String, Arc<SagaDefinition>)> {
+        self.latest
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(saga_type)
+            .cloned()
+    }
+
+    /// Runs `def` for the latest version of its type under that version's digest: stands
+    /// in, in tests, for a build whose code reads a version differently (what replay
+    /// verification catches). Not for production use.
+    #[doc(hidden)]
+    pub fn run_latest_as(&self, def: Arc<SagaDefinition>) {
+        let mut latest = self.latest.write().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, d)) = latest.get_mut(&def.name) {
+            *d = def;
+        }
+    }
+
+    /// Reads the registry's latest version of every type this worker starts sagas of,
+    /// and starts new sagas on it from now on (`sagactl def push` takes effect without
+    /// a restart). Returns the types whose latest changed, with the new digest. A
+    /// registry that cannot be read, or a version that does not load, changes nothing
+    /// (logged); sagas already started keep their version either way.
+    pub async fn refresh_latest(&self) -> Vec<(String, String)> {
+        let Some(registry) = &self.registry else {
+            return Vec::new();
+        };
+        let types: Vec<(String, String)> = self
+            .latest
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(t, (d, _))| (t.clone(), d.clone()))
+            .collect();
+        let mut changed = Vec::new();
+        for (saga_type, current) in types {
+            let digest = match registry.latest(&saga_type).await {
+                Ok(Some(d)) if d != current => d,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(%saga_type, error = %e, "reading the latest definition version failed");
+                    continue;
+                }
+            };
+            match self.get(&saga_type, &digest).await {
+                Ok(def) => {
+                    tracing::info!(%saga_type, from = %current, to = %digest, label = ?def.version_label, "new sagas of this type now start on another definition version");
+                    self.latest
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(saga_type.clone(), (digest.clone(), def));
+                    changed.push((saga_type, digest));
+                }
+                Err(e) => {
+                    tracing::error!(%saga_type, %digest, error = %e, "the registry's latest definition version cannot be used: new sagas stay on the current one");
+                }
+            }
+        }
+        changed
     }
 
     /// The definition of one version: at hand, or read from the registry (and kept).
@@ -290,7 +357,7 @@ mod tests {
         let registry = MemoryDefinitionRegistry::default();
         let latest = BTreeMap::from([("T".to_string(), v2.clone())]);
         let versions = Versions::new(&latest, [], Some(Arc::new(registry.clone())));
-        assert_eq!(versions.latest("T"), Some(v2.version().digest.as_str()));
+        assert_eq!(versions.latest("T"), Some(v2.version().digest));
         let e = versions.get("T", &d1).await.unwrap_err();
         assert!(
             matches!(e, VersionError::Missing { .. }) && e.is_retryable(),

@@ -996,9 +996,13 @@ async fn a_replay_that_diverges_from_the_journal_stops_the_saga() {
             .definition,
     );
     let (feed, consumer) = memory_consumer();
+    let versions =
+        saga_runtime::Versions::local(&BTreeMap::from([(changed.name.clone(), checkout())]));
+    versions.run_latest_as(changed.clone());
     let ctx = Context {
         store: Arc::new(MemoryStore::default()),
         definitions: Arc::new(BTreeMap::from([(changed.name.clone(), changed)])),
+        versions: Arc::new(versions),
         ..rig.ctx.clone()
     };
     let worker = Worker::start(ctx, vec![(0, Box::new(consumer))])
