@@ -9,7 +9,10 @@ use saga_core::definition::{
     Compensation, CompensationDefinition, SagaDefinition, SagaEvents, SagaKind, StepDefinition,
     StepKind,
 };
-use saga_core::machine::{Effect, Input, Outcome, SagaEvent, SagaStatus, TimerKey, TimerKind};
+use saga_core::machine::{
+    fits, migrate, migration_problems, Effect, Input, Outcome, SagaEvent, SagaStatus, StepMap,
+    StepStatus, TimerKey, TimerKind,
+};
 use saga_core::retry::RetryPolicy;
 use saga_core::testing::Simulation;
 
@@ -171,6 +174,13 @@ fn reply_to(c: &saga_core::machine::Command, code: u8) -> Input {
 /// Runs the chaos, then lets the saga finish: `responsive` answers every new command
 /// with success, otherwise only timers fire (nobody answers).
 fn run<'d>(def: &'d SagaDefinition, script: &[Chaos], responsive: bool) -> Simulation<'d> {
+    let mut sim = chaos_only(def, script);
+    drain(&mut sim, def, responsive);
+    sim
+}
+
+/// Starts the saga and plays the chaos, without letting it finish.
+fn chaos_only<'d>(def: &'d SagaDefinition, script: &[Chaos]) -> Simulation<'d> {
     let mut sim = Simulation::new(def, "prop-1");
     sim.feed(&Input::Start { payload: vec![] });
     for step in script {
@@ -214,6 +224,13 @@ fn run<'d>(def: &'d SagaDefinition, script: &[Chaos], responsive: bool) -> Simul
             }
         }
     }
+    sim
+}
+
+/// Lets the saga finish: `responsive` answers every command not answered yet with
+/// success, otherwise only timers fire; then feeds it late replies, a cancel and a
+/// deadline, which a terminal saga absorbs.
+fn drain(sim: &mut Simulation<'_>, def: &SagaDefinition, responsive: bool) {
     // Drain: timers keep firing until they stop being relevant.
     let mut answered = sim.commands.len();
     for _ in 0..10_000 {
@@ -252,7 +269,6 @@ fn run<'d>(def: &'d SagaDefinition, script: &[Chaos], responsive: bool) -> Simul
         });
         sim.feed(&Input::DeadlineExceeded);
     }
-    sim
 }
 
 fn check(def: &SagaDefinition, script: &[Chaos], responsive: bool) -> Result<(), TestCaseError> {
@@ -453,8 +469,131 @@ fn check(def: &SagaDefinition, script: &[Chaos], responsive: bool) -> Result<(),
     Ok(())
 }
 
+/// `def` with a step `N` inserted at `at` (of the kind the steps around it allow) and,
+/// when `rename`, every step `Si` but `keep` (the one in flight) renamed `Ti`, with the
+/// map that says so.
+fn next_version(
+    def: &SagaDefinition,
+    at: usize,
+    rename: bool,
+    keep: Option<&str>,
+) -> (SagaDefinition, StepMap) {
+    let mut to = def.clone();
+    let n = def.steps.len();
+    let at = at % (n + 1);
+    let mut added = def.steps[at.min(n - 1)].clone();
+    if at == n && added.kind == StepKind::Pivot {
+        added.kind = StepKind::Retriable;
+    }
+    if at > 0 && def.steps[at - 1].kind != StepKind::Compensatable {
+        added.kind = StepKind::Retriable;
+    }
+    if added.kind == StepKind::Pivot {
+        added.kind = StepKind::Compensatable;
+    }
+    added.name = "N".into();
+    added.service = "svcN".into();
+    added.action = "doN".into();
+    if added.kind != StepKind::Compensatable {
+        added.compensation = Compensation::Missing;
+    }
+    to.steps.insert(at, added);
+    let mut map = StepMap::new();
+    if rename {
+        for s in to
+            .steps
+            .iter_mut()
+            .filter(|s| s.name != "N" && Some(s.name.as_str()) != keep)
+        {
+            let new = s.name.replacen('S', "T", 1);
+            map.insert(s.name.clone(), new.clone());
+            s.name = new;
+        }
+    }
+    (to, map)
+}
+
+fn check_migration(
+    def: &SagaDefinition,
+    script: &[Chaos],
+    at: usize,
+    rename: bool,
+) -> Result<(), TestCaseError> {
+    let before = chaos_only(def, script);
+    let keep = before.state.current_step_name().map(str::to_string);
+    let (to, map) = next_version(def, at, rename, keep.as_deref());
+    let mut state = before.state.clone();
+    state.definition_version = "v1".into();
+    let input = Input::Migrate {
+        to: "v2".into(),
+        step_map: map.clone(),
+    };
+    let problems = migration_problems(def, &to, &state, &map);
+    let t = migrate(def, &to, "v2", &state, &map, &input, before.now + 1);
+    prop_assert!(t.effects.is_empty(), "a migration sends nothing");
+    prop_assert_eq!(
+        &t,
+        &migrate(def, &to, "v2", &state, &map, &input, before.now + 1)
+    );
+    let migrated = matches!(t.events[..], [SagaEvent::Migrated { .. }]);
+    prop_assert_eq!(
+        migrated,
+        problems.is_empty(),
+        "{:?} {:?}",
+        problems,
+        t.events
+    );
+    if !migrated {
+        // Refused: the saga is where it was, on its version.
+        prop_assert_eq!(&t.state.steps, &state.steps);
+        prop_assert_eq!(&t.state.definition_version, "v1");
+        prop_assert_eq!(t.state.status, state.status);
+        return Ok(());
+    }
+    prop_assert_eq!(state.status, SagaStatus::Running);
+    prop_assert!(fits(&to, &t.state).is_ok(), "{:?}", fits(&to, &t.state));
+    // Every step that ran keeps its progress under its new name, and the added step
+    // is never behind the saga.
+    let added = to.steps.iter().position(|s| s.name == "N").unwrap();
+    for (i, old) in state.steps.iter().enumerate() {
+        let name = map.get(&old.name).unwrap_or(&old.name);
+        let j = t.state.steps.iter().position(|s| &s.name == name).unwrap();
+        if old.status != StepStatus::NotStarted {
+            prop_assert!(j < added, "step {} ran, the added step comes before it", i);
+            prop_assert_eq!(t.state.steps[j].status, old.status);
+            prop_assert_eq!(t.state.steps[j].attempts, old.attempts);
+        }
+    }
+    if let Some(i) = state.current_step {
+        prop_assert_eq!(
+            &to.steps[t.state.current_step.unwrap()].name,
+            &state.steps[i].name
+        );
+    }
+    // The saga goes on, on the new version, to its end.
+    let mut after = Simulation::new(&to, "prop-1");
+    after.state = t.state.clone();
+    after.now = before.now + 1;
+    after.timers = before.timers.clone();
+    after.commands = before.commands.clone();
+    drain(&mut after, &to, true);
+    prop_assert!(after.state.status.is_terminal(), "{:?}", after.state);
+    prop_assert!(after.effects_after_end.is_empty());
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_migration_is_taken_only_where_the_saga_stands_allows_and_the_saga_goes_on_to_its_end(
+        def in definition(),
+        script in prop::collection::vec(chaos(), 0..8),
+        at in any::<usize>(),
+        rename in any::<bool>(),
+    ) {
+        check_migration(&def, &script, at, rename)?;
+    }
 
     #[test]
     fn sagas_end_and_compensate_exactly_what_ran(
