@@ -1,0 +1,140 @@
+//! Memory per open saga parked on a timer, and how long a fresh worker takes to take
+//! over the open sagas of a worker that was killed. A real nats-server and `saga-worker`
+//! processes; the sagas' only participant never answers, so each saga waits on its
+//! step timeout (one hour).
+//!
+//! ```sh
+//! cargo build --release --workspace --bins
+//! cargo run --release -p saga-e2e --example park_bench -- 5000
+//! ```
+//! Argument: open sagas (default 5000). Prints the first worker's resident memory before
+//! and after the sagas were started, per saga; then, after that worker is killed, how
+//! long a worker with an empty store takes from its start to (a) every partition
+//! acquired (open-saga index listed, an actor started per saga) and (b) every saga
+//! restored from its journal (its timers armed again). The lease TTL is 1 s, so (a)
+//! includes up to about 1 s of waiting for the dead worker's leases to expire.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use saga_e2e::*;
+use saga_proto as pb;
+
+const TYPE: &str = "ParkedSaga";
+const PARKED: &str = "saga:
+  name: ParkedSaga
+  steps:
+    - {name: Wait, service: nobody, action: wait, compensation: none, timeout: 1h}
+    - {name: Last, service: nobody, action: last, timeout: 1h}
+";
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// (lines whose message is `message`, the sum of their `field`).
+fn count(log: &std::path::Path, message: &str, field: &str) -> (usize, u64) {
+    let lines = log_lines(log, message);
+    let sum = lines
+        .iter()
+        .filter_map(|l| l.get(field).and_then(|v| v.as_u64()))
+        .sum();
+    (lines.len(), sum)
+}
+
+#[tokio::main]
+async fn main() {
+    let total: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(5000);
+    let stack = Stack::new();
+    let dir = stack.data_dir("sagas");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("parked.yaml"), PARKED).unwrap();
+    let env = [
+        ("SAGAS_DIR", dir.to_str().unwrap()),
+        ("LEASE_TTL_MS", "1000"),
+        ("MAX_LIVE_SAGAS", "1000000"),
+    ];
+    let (mut first, _) = worker_logged(&stack, "first", &env);
+    let js = stack.js().await;
+    wait_provisioned(&js).await;
+    start_saga(&js, TYPE, "warmup", pb::Payload::default()).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let before = rss_kib(first.pid());
+
+    let ids: Vec<String> = (0..total).map(|i| format!("parked-{i}")).collect();
+    let started = Instant::now();
+    futures::stream::iter(ids.iter())
+        .for_each_concurrent(64, |id| {
+            let js = js.clone();
+            async move { start_saga(&js, TYPE, id, pb::Payload::default()).await }
+        })
+        .await;
+    loop {
+        let records = last_records(&js, TYPE, &ids).await;
+        if records
+            .iter()
+            .all(|(v, s)| *v >= 1 && *s == pb::SagaState::Running)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!(
+        "{total} sagas started and parked on their step timeout in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    // Idle actors stop after 5 s; let them.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after = rss_kib(first.pid());
+    println!(
+        "first worker resident memory: {before} KiB before, {after} KiB with {total} open sagas: {:.2} KiB per open saga",
+        (after.saturating_sub(before)) as f64 / total as f64
+    );
+
+    first.sigkill().unwrap();
+    let debug = [
+        env[0],
+        env[1],
+        env[2],
+        ("RUST_LOG", "info,saga_runtime::saga_actor=debug"),
+    ];
+    let t0 = Instant::now();
+    let (second, log) = worker_logged(&stack, "second", &debug);
+    let mut acquired = None;
+    let restored = loop {
+        let (partitions, sagas) = count(&log, "partition acquired", "sagas");
+        if acquired.is_none() && partitions == PARTITIONS as usize && sagas as usize > total {
+            acquired = Some(t0.elapsed());
+        }
+        let (n, _) = count(&log, "restored from the journal", "version");
+        if n > total {
+            break t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "not taken over in 5 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let acquired = acquired.unwrap_or(restored);
+    println!(
+        "takeover of {} open sagas (with the warm-up saga) by a worker with an empty store: \
+         every partition acquired {:.2} s after its start, every saga restored {:.2} s after its start",
+        total + 1,
+        acquired.as_secs_f64(),
+        restored.as_secs_f64()
+    );
+    println!(
+        "second worker resident memory after the takeover: {} KiB",
+        rss_kib(second.pid())
+    );
+}
