@@ -348,7 +348,13 @@ impl Supervisor {
         let children = stack
             .ids()
             .map(|id| {
-                let running = stack.is_running(id);
+                // A child whose end the loop has seen is not running, even while the
+                // task that reaped it is finishing.
+                let ended = matches!(
+                    self.children.get(&id).map(|c| &c.watch),
+                    Some(Watch::Down(_) | Watch::RestartAt(_) | Watch::Stopped)
+                );
+                let running = stack.is_running(id) && !ended;
                 ChildInfo {
                     name: stack.name(id).to_string(),
                     state: self.state(stack, id),
