@@ -19,16 +19,7 @@ impl SagaState {
             steps: def
                 .steps
                 .iter()
-                .map(|s| StepState {
-                    name: s.name.clone(),
-                    status: StepStatus::NotStarted,
-                    attempts: 0,
-                    compensation_attempts: 0,
-                    started_at: None,
-                    finished_at: None,
-                    error: None,
-                    result: None,
-                })
+                .map(|s| StepState::not_started(&s.name))
                 .collect(),
             payload: Vec::new(),
             created_at: now,

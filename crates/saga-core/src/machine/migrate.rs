@@ -247,16 +247,7 @@ pub fn migrate(
     let mut steps: Vec<StepState> = to
         .steps
         .iter()
-        .map(|t| StepState {
-            name: t.name.clone(),
-            status: StepStatus::NotStarted,
-            attempts: 0,
-            compensation_attempts: 0,
-            started_at: None,
-            finished_at: None,
-            error: None,
-            result: None,
-        })
+        .map(|t| StepState::not_started(&t.name))
         .collect();
     let mut renamed = Vec::new();
     for (i, old) in state.steps.iter().enumerate() {

@@ -478,6 +478,22 @@ pub struct StepState {
     pub result: Option<Vec<u8>>,
 }
 
+impl StepState {
+    /// A step not reached yet.
+    pub fn not_started(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            status: StepStatus::NotStarted,
+            attempts: 0,
+            compensation_attempts: 0,
+            started_at: None,
+            finished_at: None,
+            error: None,
+            result: None,
+        }
+    }
+}
+
 /// A saga instance's state: everything needed to continue after a restart.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SagaState {
