@@ -41,13 +41,15 @@ def table(results_path, sagas):
         f"{run(['git', 'rev-parse', '--short', 'HEAD'])}; {os.cpu_count()} cores ({cpu_model()}), "
         f"{platform.system()} {platform.release()}; {nats}, {run(['rustc', '--version'])}, {build}. "
         "Durability: JetStream `sync_interval: always` (every stored message fsynced, "
-        "nats.conf), sled flushed before every ack. Every process on the same machine; "
+        "nats.conf); participants flush sled before every reply. Every process on the same machine; "
         f"{sagas} checkout sagas per run, closed loop. *writes/saga*: JetStream messages "
         "stored per saga over every stream (KV included); *raw*: the server's fsynced "
-        "append rate measured in the same run (256 in flight); *bound*: raw / writes.",
+        "append rate measured in the same run (256 in flight); *bound*: raw / writes; "
+        "*removals/saga*: messages acked out of a work queue or purged per saga, each one more "
+        "fsync on this server.",
         "",
-        "| workers | concurrency | sagas/s | p50 ms | p99 ms | writes/saga | raw appends/s | bound sagas/s | % of bound | CPU ms/saga (all processes) | worker CPU ms/saga |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| workers | concurrency | sagas/s | p50 ms | p99 ms | writes/saga | removals/saga | raw appends/s | bound sagas/s | % of bound | CPU ms/saga (all processes) | worker CPU ms/saga |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         l = r["latencyMs"]
@@ -58,7 +60,7 @@ def table(results_path, sagas):
         lines.append(
             f"| {r['workers']} | {r['concurrency']} | {r['sagasPerSec']:.1f} | {l['p50']:.1f} | "
             f"{l['p99']:.1f} | {r.get('durableWritesPerSaga') or 0:.2f} | "
-            f"{r.get('rawAppendsPerSec') or 0:.0f} | {bound:.1f} | {pct} | "
+            f"{r.get('removalsPerSaga') or 0:.2f} | {r.get('rawAppendsPerSec') or 0:.0f} | {bound:.1f} | {pct} | "
             f"{sum(cpu.values()):.2f} | {worker:.2f} |"
         )
     if runs:
@@ -68,6 +70,13 @@ def table(results_path, sagas):
             "Writes per saga by stream (first run): "
             + ", ".join(f"{k} {v:.2f}" for k, v in sorted(by.items())),
         ]
+        gone = runs[0].get("removalsByStream") or {}
+        if gone:
+            lines += [
+                "",
+                "Removals per saga by stream (first run): "
+                + ", ".join(f"{k} {v:.2f}" for k, v in sorted(gone.items())),
+            ]
     lines.append("<!-- bench:end -->")
     return "\n".join(lines) + "\n"
 

@@ -245,3 +245,50 @@ async fn sigterm_hands_partitions_over_without_waiting_for_the_lease() {
     wait_balanced(&js, PARTITIONS, &["w1"], Duration::from_secs(30)).await;
     stop(&mut w1);
 }
+
+/// A held lease is renewed once a quarter of its TTL (a fsynced write each time), not at
+/// every heartbeat: with a 10 s TTL the heartbeat runs every 500 ms, and each
+/// partition's lease revision moves about every 2.5 s. The worker keeps every
+/// partition meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_renewed_every_quarter_ttl_not_every_heartbeat() {
+    let _turn = one_at_a_time().await;
+    let stack = Stack::new();
+    let mut w1 = worker(&stack, "w1", &[("LEASE_TTL_MS", "10000")]);
+    let js = stack.js().await;
+    wait_balanced(&js, PARTITIONS, &["w1"], Duration::from_secs(30)).await;
+    let kv = js.get_key_value("saga_owners").await.unwrap();
+    // When each partition's revision was seen to move.
+    let mut seen: BTreeMap<u32, Vec<(u64, Instant)>> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        for p in 0..PARTITIONS {
+            let entry = kv.entry(format!("p{p}")).await.unwrap().expect("lease");
+            let lease: Lease = serde_json::from_slice(&entry.value).unwrap();
+            assert_eq!(lease.worker, "w1", "partition {p} left w1");
+            let moves = seen.entry(p).or_default();
+            if moves.last().map(|(r, _)| *r) != Some(entry.revision) {
+                moves.push((entry.revision, Instant::now()));
+            }
+        }
+        // Three sightings: two renewals watched from their start.
+        if seen.values().all(|m| m.len() >= 3) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leases not renewed within 40 s: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (p, moves) in &seen {
+        for pair in moves[1..].windows(2) {
+            let gap = pair[1].1 - pair[0].1;
+            assert!(
+                gap >= Duration::from_millis(2000),
+                "partition {p}: renewals {gap:?} apart (every heartbeat?): {moves:?}"
+            );
+        }
+    }
+    stop(&mut w1);
+}

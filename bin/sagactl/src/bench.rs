@@ -172,12 +172,15 @@ pub async fn run(gateway: &str, out: Output, a: BenchArgs) -> Result<ExitCode> {
     let elapsed = started.elapsed();
     bar.finish_and_clear();
     let usage_after = bench_probe::usage_of(&children);
-    let writes = match (&js, &seq_before) {
-        (Some(js), Some(before)) => Some(bench_probe::moved(
-            before,
-            &bench_probe::stream_sequences(js).await?,
-        )),
-        _ => None,
+    let (writes, removals) = match (&js, &seq_before) {
+        (Some(js), Some(before)) => {
+            let after = bench_probe::stream_sequences(js).await?;
+            (
+                Some(bench_probe::moved(before, &after)),
+                Some(bench_probe::removed(before, &after)),
+            )
+        }
+        _ => (None, None),
     };
     // Measured after the run, on the same server, so the two figures share a day.
     let raw = match (&js, a.raw) {
@@ -196,6 +199,7 @@ pub async fn run(gateway: &str, out: Output, a: BenchArgs) -> Result<ExitCode> {
     let terminal: u64 = states.values().sum();
     let per_saga = |n: u64| n as f64 / terminal.max(1) as f64;
     let writes_per_saga = writes.as_ref().map(|w| per_saga(w.values().sum()));
+    let removals_per_saga = removals.as_ref().map(|r| per_saga(r.values().sum()));
     let bound = match (raw, writes_per_saga) {
         (Some(r), Some(w)) if w > 0.0 => Some(r / w),
         _ => None,
@@ -239,6 +243,11 @@ pub async fn run(gateway: &str, out: Output, a: BenchArgs) -> Result<ExitCode> {
                 .iter()
                 .map(|(k, v)| (k.clone(), per_saga(*v)))
                 .collect::<BTreeMap<_, _>>()),
+            "removalsPerSaga": removals_per_saga,
+            "removalsByStream": removals.as_ref().map(|r| r
+                .iter()
+                .map(|(k, v)| (k.clone(), per_saga(*v)))
+                .collect::<BTreeMap<_, _>>()),
             "rawAppendsPerSec": raw,
             "brokerBoundSagasPerSec": bound,
             "cpuMsPerSaga": cpu,
@@ -274,6 +283,16 @@ pub async fn run(gateway: &str, out: Output, a: BenchArgs) -> Result<ExitCode> {
                 .collect();
             outln!(
                 "writes      {w:.2} durable JetStream writes per saga ({})",
+                parts.join(", ")
+            );
+        }
+        if let (Some(n), Some(by)) = (removals_per_saga, &removals) {
+            let parts: Vec<String> = by
+                .iter()
+                .map(|(k, v)| format!("{k} {:.2}", per_saga(*v)))
+                .collect();
+            outln!(
+                "removals    {n:.2} messages acked out of a work queue or purged per saga ({})",
                 parts.join(", ")
             );
         }

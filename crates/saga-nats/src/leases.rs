@@ -251,6 +251,17 @@ pub struct Leases {
     clock: Option<std::sync::Arc<crate::BrokerClock>>,
     /// Announced in every heartbeat.
     saga_types: Option<Vec<String>>,
+    /// When this worker last announced itself, and the partitions it announced.
+    announced: Option<(Instant, Vec<u32>)>,
+}
+
+/// How often a held lease is renewed and the worker announced: a quarter of the TTL, at
+/// most 5 s. Heartbeats run more often than that (to see free partitions and new
+/// workers soon), but a renewal is a fsynced write: one every quarter TTL leaves three
+/// more chances before the lease ends, and costs a few writes a second instead of one
+/// per partition per heartbeat.
+pub fn renewal_interval(ttl: Duration) -> Duration {
+    (ttl / 4).min(Duration::from_secs(5))
 }
 
 fn key(p: u32) -> String {
@@ -290,6 +301,7 @@ impl Leases {
             observer: Observer::default(),
             clock: None,
             saga_types: None,
+            announced: None,
         })
     }
 
@@ -336,32 +348,8 @@ impl Leases {
     /// towards its fair share.
     pub async fn tick(&mut self) -> Vec<LeaseEvent> {
         let mut events = self.renew().await;
-        let info = WorkerInfo {
-            worker: self.settings.worker_id.clone(),
-            heartbeat_ms: wall_ms(),
-            partitions: self.held(),
-            saga_types: self.saga_types.clone(),
-        };
-        let sent = wall_ms();
-        if let Err(e) = self
-            .workers
-            .put(
-                &self.settings.worker_id,
-                Bytes::from(serde_json::to_vec(&info).unwrap_or_default()),
-            )
-            .await
-        {
-            tracing::warn!(error = %e, "worker heartbeat failed");
+        if !self.announce().await {
             return events;
-        }
-        let acked = wall_ms();
-        if let Some(clock) = &self.clock {
-            if let Ok(Some(e)) = self.workers.entry(&self.settings.worker_id).await {
-                let stamped = e.created.unix_timestamp_nanos() / 1_000_000;
-                if stamped > 0 {
-                    clock.sample(sent, acked, stamped as u64);
-                }
-            }
         }
         let Ok(live) = self.live_workers().await else {
             return events;
@@ -399,10 +387,62 @@ impl Leases {
         events
     }
 
-    /// Renews every held lease concurrently; a lease taken over, or whose deadline
-    /// passed without a successful renewal, is lost.
+    /// Announces this worker in `saga_workers` when a renewal interval has passed since
+    /// the last announcement or its partitions changed (and samples the broker's clock);
+    /// `false` when the announcement failed.
+    async fn announce(&mut self) -> bool {
+        let held = self.held();
+        let interval = renewal_interval(self.settings.ttl);
+        if let Some((at, partitions)) = &self.announced {
+            if at.elapsed() < interval && *partitions == held {
+                return true;
+            }
+        }
+        let started = Instant::now();
+        let info = WorkerInfo {
+            worker: self.settings.worker_id.clone(),
+            heartbeat_ms: wall_ms(),
+            partitions: self.held(),
+            saga_types: self.saga_types.clone(),
+        };
+        let sent = wall_ms();
+        if let Err(e) = self
+            .workers
+            .put(
+                &self.settings.worker_id,
+                Bytes::from(serde_json::to_vec(&info).unwrap_or_default()),
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "worker heartbeat failed");
+            return false;
+        }
+        let acked = wall_ms();
+        if let Some(clock) = &self.clock {
+            if let Ok(Some(e)) = self.workers.entry(&self.settings.worker_id).await {
+                let stamped = e.created.unix_timestamp_nanos() / 1_000_000;
+                if stamped > 0 {
+                    clock.sample(sent, acked, stamped as u64);
+                }
+            }
+        }
+        self.announced = Some((started, held));
+        true
+    }
+
+    /// Renews concurrently every held lease whose last successful renewal is a renewal
+    /// interval old (the others wait for a later heartbeat); a lease taken over, or whose
+    /// deadline passed without a successful renewal, is lost.
     async fn renew(&mut self) -> Vec<LeaseEvent> {
-        let held = std::mem::take(&mut self.held);
+        let now = Instant::now();
+        let not_yet = self
+            .settings
+            .ttl
+            .saturating_sub(renewal_interval(self.settings.ttl));
+        let (held, fresh): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|(_, (_, deadline))| deadline.saturating_duration_since(now) <= not_yet);
+        self.held = fresh;
         let value = self.lease();
         let owners = &self.owners;
         let results = futures::future::join_all(held.into_iter().map(|(p, (rev, deadline))| {
