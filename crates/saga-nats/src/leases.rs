@@ -249,7 +249,7 @@ pub struct Leases {
     releasing: BTreeMap<u32, u64>,
     observer: Observer,
     clock: Option<std::sync::Arc<crate::BrokerClock>>,
-    /// Announced in every heartbeat.
+    /// Announced with the worker (see [`Leases::tick`]).
     saga_types: Option<Vec<String>>,
     /// When this worker last announced itself, and the partitions it announced.
     announced: Option<(Instant, Vec<u32>)>,
@@ -344,8 +344,8 @@ impl Leases {
         Bytes::from(serde_json::to_vec(&lease).unwrap_or_default())
     }
 
-    /// One heartbeat: renew the leases (all at once), announce this worker, then move
-    /// towards its fair share.
+    /// One heartbeat: renew the leases that are due (all at once), announce this worker
+    /// when due, then move towards its fair share.
     pub async fn tick(&mut self) -> Vec<LeaseEvent> {
         let mut events = self.renew().await;
         if !self.announce().await {
