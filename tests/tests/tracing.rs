@@ -95,6 +95,14 @@ async fn each_saga_is_one_trace_from_the_gateway_through_the_worker_to_every_par
         [pb::SagaState::Completed, pb::SagaState::Compensated]
     );
 
+    // The journals are complete once the sagas are terminal; every record names the span
+    // of the transition that wrote it, and that span is exported after the record is
+    // durable, so the wait below includes them.
+    let mut journal_spans = BTreeSet::new();
+    for id in [&ok, &declined] {
+        journal_spans.extend(journal(&js, SAGA, id).await.into_iter().map(|r| r.span_id));
+    }
+
     let spans = receiver
         .wait_for(
             Duration::from_secs(60),
@@ -123,6 +131,11 @@ async fn each_saga_is_one_trace_from_the_gateway_through_the_worker_to_every_par
                         .iter()
                         .any(|s| s.span.name == "publish events.orders.OrderConfirmed")
                     && parents_received(spans, &[&ok, &declined])
+                    && {
+                        let received: BTreeSet<String> =
+                            spans.iter().map(|s| s.span_id()).collect();
+                        journal_spans.is_subset(&received)
+                    }
             },
         )
         .await;
