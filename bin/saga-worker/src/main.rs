@@ -87,6 +87,11 @@ struct Args {
     /// a restart. 0: only at start.
     #[arg(long, env = "DEFINITIONS_POLL_MS", default_value_t = 2_000)]
     definitions_poll_ms: u64,
+    /// How often the worker holding partition 0 purges from SAGA_INBOX and
+    /// SAGA_COMMANDS what their consumers have settled (acked or terminated); those
+    /// streams keep messages until then. 0: never (the streams then only grow).
+    #[arg(long, env = "SAGA_TRIM_INTERVAL_MS", default_value_t = 1_000)]
+    trim_interval_ms: u64,
     #[command(flatten)]
     metrics: saga_telemetry::metrics::MetricsArgs,
 }
@@ -202,6 +207,13 @@ async fn run(args: Args) -> Result<()> {
         saga_nats::sampler::spawn(js.clone(), sampler);
     }
     let worker = Arc::new(Worker::new(ctx).await?);
+    let trimmer = (args.trim_interval_ms > 0).then(|| {
+        spawn_trimmer(
+            js.clone(),
+            worker.clone(),
+            Duration::from_millis(args.trim_interval_ms),
+        )
+    });
     let ttl = Duration::from_millis(args.lease_ttl_ms.max(300));
     let leases = Leases::new(
         &js,
@@ -235,12 +247,49 @@ async fn run(args: Args) -> Result<()> {
     info!("shutting down: finishing in-flight transitions, giving the partitions back");
     let _ = stop.send(true);
     let _ = membership.await;
+    if let Some(trimmer) = trimmer {
+        trimmer.abort();
+        let _ = trimmer.await;
+    }
     match Arc::try_unwrap(worker) {
         Ok(worker) => worker.shutdown(grace).await,
         Err(_) => warn!("worker still in use at shutdown"),
     }
     store.flush().await?;
     Ok(())
+}
+
+/// Trims SAGA_INBOX and SAGA_COMMANDS every `every` while this worker holds partition 0
+/// (one trimmer in the cluster at a time, give or take a takeover).
+fn spawn_trimmer(
+    js: async_nats::jetstream::Context,
+    worker: Arc<Worker>,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut trimmer = saga_nats::trim::Trimmer::new(js);
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if !worker.held().await.contains(&0) {
+                continue;
+            }
+            match trimmer.trim().await {
+                Ok(report) if report.purged > 0 => {
+                    tracing::debug!(
+                        purged = report.purged,
+                        requests = report.requests,
+                        "streams trimmed"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(error = %e, "trimming SAGA_INBOX/SAGA_COMMANDS failed; trying again")
+                }
+            }
+        }
+    })
 }
 
 /// The worker side of membership: bind the partition's consumer and take it over.

@@ -36,6 +36,7 @@ mod open;
 mod provision;
 mod publisher;
 pub mod sampler;
+pub mod trim;
 mod waiting;
 
 pub use clock::BrokerClock;

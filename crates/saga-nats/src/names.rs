@@ -77,10 +77,19 @@ pub fn inbox_subject(partition: u32, saga_id: &str) -> String {
     format!("saga.in.{partition}.{saga_id}")
 }
 
-/// `saga.in.<partition>.>`: the filter of partition consumer `saga-p<partition>` (with
-/// [`partition_reply_filter`]).
+/// `saga.in.<partition>.>`: the inputs (starts, cancels) of partition `partition`.
 pub fn partition_filter(partition: u32) -> String {
     format!("saga.in.{partition}.>")
+}
+
+/// `saga.*.<partition>.>`: the filter of partition consumer `saga-p<partition>`. In
+/// `SAGA_INBOX`, whose subjects are `saga.in.>` and `saga.reply.>`, it reads exactly the
+/// partition's inputs ([`partition_filter`]) and replies ([`partition_reply_filter`]).
+/// One filter, not two: JetStream moves a consumer whose filter lies inside a purged
+/// subject past that subject's purged range, so a trim of one of two filters would
+/// skip the other's messages (see `crate::trim`).
+pub fn partition_consumer_filter(partition: u32) -> String {
+    format!("saga.*.{partition}.>")
 }
 
 /// `saga.reply.<partition>.<saga_id>.<service>`: where `service` replies to a command of
@@ -89,7 +98,7 @@ pub fn reply_subject(partition: u32, saga_id: &str, service: &str) -> String {
     format!("saga.reply.{partition}.{saga_id}.{service}")
 }
 
-/// `saga.reply.<partition>.>`: the replies half of partition consumer `saga-p<partition>`.
+/// `saga.reply.<partition>.>`: the replies of partition `partition`.
 pub fn partition_reply_filter(partition: u32) -> String {
     format!("saga.reply.{partition}.>")
 }
@@ -213,6 +222,7 @@ mod tests {
     fn subjects_follow_the_documented_layout() {
         assert_eq!(inbox_subject(3, "order-1"), "saga.in.3.order-1");
         assert_eq!(partition_filter(3), "saga.in.3.>");
+        assert_eq!(partition_consumer_filter(3), "saga.*.3.>");
         assert_eq!(partition_consumer(3), "saga-p3");
         assert_eq!(
             command_subject("payments", "charge"),

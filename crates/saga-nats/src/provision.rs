@@ -205,7 +205,7 @@ impl ProvisionConfig {
         };
         vec![
             stream::Config {
-                retention: RetentionPolicy::WorkQueue,
+                retention: RetentionPolicy::Limits,
                 discard: DiscardPolicy::New,
                 subjects: vec![
                     names::INBOX_SUBJECTS.to_owned(),
@@ -219,7 +219,7 @@ impl ProvisionConfig {
                 )
             },
             stream::Config {
-                retention: RetentionPolicy::WorkQueue,
+                retention: RetentionPolicy::Limits,
                 discard: DiscardPolicy::New,
                 ..base(
                     names::COMMANDS_STREAM,
@@ -330,16 +330,20 @@ pub struct Provisioned {
 ///
 /// # Retention, and why
 ///
-/// - **`SAGA_INBOX` and `SAGA_COMMANDS` are work queues** (`WorkQueue` retention, no max
-///   age, `discard: new`). Each message has exactly one reader (the partition consumer
-///   `saga-p<N>`, or the shared `svc-<service>` consumer whose instances compete), and is
-///   deleted once acked, so the streams stay small without a max age. A max age
-///   (`Limits`) would silently drop an input or a command that nobody processed in time
-///   (a participant service down over a long weekend): "nothing accepted is lost" rules
-///   it out. `discard: new` makes a full stream refuse new work rather than delete work
-///   not yet done. The price: JetStream refuses a second consumer whose filter overlaps
-///   an existing one on a work queue, so these streams cannot be tapped by another
-///   durable consumer. History is read from `SAGA_JOURNAL`, not from here.
+/// - **`SAGA_INBOX` and `SAGA_COMMANDS` keep each message until its readers settled it**
+///   (`Limits` retention, no max age, `discard: new`). Each message has one reader that
+///   acts on it (the partition consumer `saga-p<N>`, or the shared `svc-<service>`
+///   consumer whose instances compete); an ack does not delete it, and
+///   [`crate::trim::Trimmer`] (run by the worker holding partition 0) purges in ranges
+///   what every consumer whose filter overlaps has acked. With `sync_interval: always`
+///   a work queue's delete on ack is one fsync per message (7 of a checkout saga's 31.6);
+///   the range purge costs about one per filter and pass. A max age would silently drop
+///   an input or a command that nobody processed in time (a participant service down
+///   over a long weekend): "nothing accepted is lost" rules it out, and a subject no
+///   consumer reads is never trimmed. `discard: new` makes a full stream refuse new work
+///   rather than delete work not yet done. Streams made as work queues by an earlier
+///   version are kept as they are (JetStream cannot change that retention) and are not
+///   trimmed; their acks delete. History is read from `SAGA_JOURNAL`, not from here.
 /// - **`SAGA_JOURNAL` keeps everything** (`Limits`, no max age, no per-subject limit,
 ///   `discard: new`, so a full store refuses appends instead of deleting history). It is
 ///   read per subject (recovery, projections), with `allow_direct` for cheap reads.
@@ -432,7 +436,10 @@ pub async fn provision_streams(
 }
 
 /// Creates or updates the partition consumer `saga-p<partition>` on `SAGA_INBOX`
-/// (filters `saga.in.<partition>.>` and `saga.reply.<partition>.>`). The stream must exist ([`provision`]).
+/// (filter `saga.*.<partition>.>`: the partition's inputs and replies). A consumer made
+/// by an earlier version with the two filters `saga.in.<partition>.>` and
+/// `saga.reply.<partition>.>` is updated to the one filter, which reads the same
+/// messages. The stream must exist ([`provision`]).
 pub async fn ensure_partition_consumer(
     js: &jetstream::Context,
     partition: u32,
@@ -440,12 +447,9 @@ pub async fn ensure_partition_consumer(
 ) -> Result<consumer::Info, NatsError> {
     settings.validate()?;
     let name = names::partition_consumer(partition);
-    let config = settings.pull_config_filters(
+    let config = settings.pull_config(
         &name,
-        vec![
-            names::partition_filter(partition),
-            names::partition_reply_filter(partition),
-        ],
+        names::partition_consumer_filter(partition),
         format!("Inputs of saga partition {partition}"),
     );
     ensure_consumer(js, names::INBOX_STREAM, config).await

@@ -5,12 +5,14 @@ use async_nats::jetstream::{self};
 use async_trait::async_trait;
 use saga_ports::{Delivery, DetachedAcker, PortError, WaitingInputs};
 
-use crate::names::{check_token, inbox_subject, INBOX_STREAM};
+use crate::names::{check_token, inbox_subject, partition_consumer, INBOX_STREAM};
 use crate::publisher::{describe, headers_of};
 
-/// Reads `saga.in.<partition>.<saga_id>` in `SAGA_INBOX`, a work queue: what is still
-/// there has not been acked. Each message is one "next by subject" get on the stream's
-/// leader; this runs only when an input reaches a saga that has not started.
+/// Reads `saga.in.<partition>.<saga_id>` in `SAGA_INBOX` above the ack floor of the
+/// partition consumer `saga-p<partition>`: what is at or below it is settled (acked, or
+/// terminated as a dead letter) and waits only for the stream's trim. Each message is
+/// one "next by subject" get on the stream's leader; this runs only when an input
+/// reaches a saga that has not started.
 #[derive(Debug, Clone)]
 pub struct NatsWaitingInputs {
     js: jetstream::Context,
@@ -40,8 +42,14 @@ impl WaitingInputs for NatsWaitingInputs {
             .map_err(|e| {
                 PortError::Unavailable(format!("stream {INBOX_STREAM}: {}", describe(&e)))
             })?;
+        // Without the consumer (not provisioned yet), everything stored counts.
+        let settled = stream
+            .consumer_info(partition_consumer(partition))
+            .await
+            .map(|info| info.ack_floor.stream_sequence)
+            .unwrap_or(0);
         let mut out = Vec::new();
-        let mut from = 1;
+        let mut from = settled + 1;
         while out.len() < max {
             let m = match stream
                 .get_first_raw_message_by_subject(&subject, from)

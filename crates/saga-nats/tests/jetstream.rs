@@ -7,6 +7,7 @@ use async_nats::jetstream::consumer::AckPolicy;
 use async_nats::jetstream::stream::{DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, Context};
 use saga_nats::names::{self, INBOX_STREAM};
+use saga_nats::trim::Trimmer;
 use saga_nats::{
     connect, dead_letter, ensure_service_consumer, provision, ConsumerSettings, NatsConsumer,
     NatsError, NatsJournal, NatsPublisher, ProvisionConfig,
@@ -130,13 +131,13 @@ async fn provisioning_is_idempotent_and_creates_the_documented_names() {
         (
             "SAGA_INBOX",
             "saga.in.>",
-            RetentionPolicy::WorkQueue,
+            RetentionPolicy::Limits,
             Duration::ZERO,
         ),
         (
             "SAGA_COMMANDS",
             "saga.cmd.>",
-            RetentionPolicy::WorkQueue,
+            RetentionPolicy::Limits,
             Duration::ZERO,
         ),
         (
@@ -193,10 +194,8 @@ async fn provisioning_is_idempotent_and_creates_the_documented_names() {
             c.durable_name.as_deref(),
             Some(format!("saga-p{p}").as_str())
         );
-        assert_eq!(
-            c.filter_subjects,
-            vec![format!("saga.in.{p}.>"), format!("saga.reply.{p}.>")]
-        );
+        assert_eq!(c.filter_subject, format!("saga.*.{p}.>"));
+        assert!(c.filter_subjects.is_empty());
         assert_eq!(c.ack_policy, AckPolicy::Explicit);
         assert_eq!(c.ack_wait, Duration::from_secs(30));
         assert_eq!(c.max_deliver, 10);
@@ -540,8 +539,8 @@ async fn consumer_fetches_acks_naks_with_delay_and_terminates() {
     assert_eq!(again[0].payload, b"two");
     again[0].acker.ack().await.unwrap();
 
-    // Acked and terminated messages are gone from the work queue; the other partition's
-    // input waits for its own consumer.
+    // Acked and terminated messages are settled, and a trim removes them; the other
+    // partition's input waits for its own consumer, and the trim leaves it.
     let mut info = js
         .get_stream(INBOX_STREAM)
         .await
@@ -551,6 +550,9 @@ async fn consumer_fetches_acks_naks_with_delay_and_terminates() {
         .unwrap();
     assert_eq!(info.num_ack_pending, 0);
     assert_eq!(info.num_pending, 0);
+    assert_eq!(stream_messages(&js, INBOX_STREAM).await, 4);
+    let report = Trimmer::new(js.clone()).trim().await.unwrap();
+    assert_eq!(report.purged, 3, "{report:?}");
     assert_eq!(stream_messages(&js, INBOX_STREAM).await, 1);
     assert!(consumer
         .fetch(10, Duration::from_millis(200))
@@ -679,7 +681,8 @@ async fn dead_letter_moves_the_message_to_saga_dlq_with_its_story() {
     assert_eq!(h(header::SAGA_ID).unwrap(), "order-1");
     assert_eq!(h(header::IDEMPOTENCY_KEY).unwrap(), "order-1/charge/charge");
 
-    // Terminated: gone from the work queue, never redelivered.
+    // Terminated: settled, so trimmed away, and never redelivered.
+    Trimmer::new(js.clone()).trim().await.unwrap();
     assert_eq!(stream_messages(&js, "SAGA_COMMANDS").await, 0);
     assert!(consumer
         .fetch(1, Duration::from_millis(300))
@@ -794,4 +797,252 @@ async fn provisioning_keeps_what_an_operator_changed_and_says_so() {
     assert!(now.allow_direct, "what this version needs is given back");
     let now = workers.info().await.unwrap().config.clone();
     assert_eq!(now.max_age, Duration::from_secs(60), "kept");
+}
+
+/// The trim removes what every reader settled, and nothing else: not a message still
+/// unacked, not one an overlapping reader has not reached, not one on a subject nobody
+/// reads yet.
+#[tokio::test]
+async fn the_trim_purges_only_what_every_reader_of_a_subject_settled() {
+    let (_nats, js) = setup().await;
+    ensure_service_consumer(&js, "payments", &ConsumerSettings::default())
+        .await
+        .unwrap();
+    let publisher = NatsPublisher::new(js.clone());
+    for n in 0..3 {
+        let cmd = message("saga.cmd.payments.charge", &format!("pay-{n}"), b"charge");
+        publisher.publish(&cmd).await.unwrap();
+    }
+    // Commands of a service that has not started: no consumer reads them yet.
+    for n in 0..2 {
+        let cmd = message("saga.cmd.shipping.ship", &format!("ship-{n}"), b"ship");
+        publisher.publish(&cmd).await.unwrap();
+    }
+    // An operator's tap on every command, that has read nothing.
+    let commands = js.get_stream("SAGA_COMMANDS").await.unwrap();
+    commands
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("tap".into()),
+            filter_subject: "saga.cmd.>".into(),
+            ack_policy: AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let mut consumer = NatsConsumer::service(&js, "payments").await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.extend(fetch_some(&mut consumer, Duration::from_secs(10)).await);
+    }
+    got[0].acker.ack().await.unwrap();
+    got[1].acker.term().await.unwrap();
+
+    let mut trimmer = Trimmer::new(js.clone());
+    let report = trimmer.trim().await.unwrap();
+    assert_eq!(report.purged, 0, "the tap has read nothing: {report:?}");
+    assert_eq!(stream_messages(&js, "SAGA_COMMANDS").await, 5);
+
+    js.get_stream("SAGA_COMMANDS")
+        .await
+        .unwrap()
+        .delete_consumer("tap")
+        .await
+        .unwrap();
+    let report = trimmer.trim().await.unwrap();
+    assert_eq!(report.purged, 2, "the acked and the terminated: {report:?}");
+    assert_eq!(stream_messages(&js, "SAGA_COMMANDS").await, 3);
+
+    got[2].acker.ack().await.unwrap();
+    assert_eq!(trimmer.trim().await.unwrap().purged, 1);
+    // The shipping commands wait for their service, as on a work queue.
+    assert_eq!(stream_messages(&js, "SAGA_COMMANDS").await, 2);
+    // Nothing new settled: an idle pass sends no purge.
+    let idle = trimmer.trim().await.unwrap();
+    assert_eq!((idle.purged, idle.requests), (0, 0), "{idle:?}");
+
+    // The shipping service starts and handles its commands: they go too.
+    ensure_service_consumer(&js, "shipping", &ConsumerSettings::default())
+        .await
+        .unwrap();
+    let mut shipping = NatsConsumer::service(&js, "shipping").await.unwrap();
+    let mut shipped = Vec::new();
+    while shipped.len() < 2 {
+        shipped.extend(fetch_some(&mut shipping, Duration::from_secs(10)).await);
+    }
+    for d in &shipped {
+        d.acker.ack().await.unwrap();
+    }
+    assert_eq!(trimmer.trim().await.unwrap().purged, 2);
+    assert_eq!(stream_messages(&js, "SAGA_COMMANDS").await, 0);
+}
+
+/// A message over its deliveries that nobody acked holds the trim back, and says so.
+#[tokio::test]
+async fn a_message_never_acked_is_kept_and_reported_as_holding_the_trim() {
+    let (_nats, js) = setup().await;
+    let settings = ConsumerSettings {
+        ack_wait: Duration::from_millis(300),
+        max_deliver: 1,
+        backoff: Vec::new(),
+        ..ConsumerSettings::default()
+    };
+    ensure_service_consumer(&js, "payments", &settings)
+        .await
+        .unwrap();
+    let publisher = NatsPublisher::new(js.clone());
+    for n in 0..2 {
+        let cmd = message("saga.cmd.payments.charge", &format!("pay-{n}"), b"charge");
+        publisher.publish(&cmd).await.unwrap();
+    }
+    let mut consumer = NatsConsumer::service(&js, "payments").await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        got.extend(fetch_some(&mut consumer, Duration::from_secs(10)).await);
+    }
+    // The first is dropped by its reader (a crash) and never delivered again; the
+    // second is acked.
+    got[1].acker.ack().await.unwrap();
+    let mut trimmer = Trimmer::new(js.clone()).with_hold_warning(Duration::ZERO);
+    let report = trimmer.trim().await.unwrap();
+    assert_eq!(report.purged, 0, "{report:?}");
+    assert_eq!(stream_messages(&js, "SAGA_COMMANDS").await, 2);
+    let first = got[0].stream_sequence;
+    assert_eq!(
+        report.held,
+        [(
+            "SAGA_COMMANDS".to_string(),
+            "svc-payments".to_string(),
+            first
+        )]
+    );
+}
+
+/// A deployment made by an earlier version keeps its work queues, untrimmed: their acks
+/// delete.
+#[tokio::test]
+async fn work_queues_of_an_earlier_version_are_kept_and_not_trimmed() {
+    let nats = NatsServer::start().expect("nats-server");
+    let js = jetstream::new(connect(&nats.url()).await.expect("connect"));
+    js.create_stream(jetstream::stream::Config {
+        name: "SAGA_COMMANDS".into(),
+        subjects: vec!["saga.cmd.>".into()],
+        retention: RetentionPolicy::WorkQueue,
+        discard: DiscardPolicy::New,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let provisioned = provision(&js, &config()).await.expect("provision");
+    assert!(
+        provisioned
+            .kept
+            .contains(&"SAGA_COMMANDS: retention WorkQueue (default: Limits)".to_string()),
+        "{:?}",
+        provisioned.kept
+    );
+    let report = Trimmer::new(js.clone()).trim().await.unwrap();
+    assert_eq!(report.skipped, ["SAGA_COMMANDS"]);
+}
+
+/// A trim of a partition's acked starts leaves its unread replies to be delivered, and
+/// a consumer with two filters (as an earlier version made them) is not trimmed at all:
+/// JetStream would move it past the other filter's unread messages.
+#[tokio::test]
+async fn a_trim_never_skips_a_partition_reply_not_yet_read() {
+    let (_nats, js) = setup().await;
+    let publisher = NatsPublisher::new(js.clone());
+    let mut consumer = NatsConsumer::partition(&js, 1).await.unwrap();
+    publisher
+        .publish(&message(
+            &names::inbox_subject(1, "s1"),
+            "start-1",
+            b"start",
+        ))
+        .await
+        .unwrap();
+    let start = fetch_some(&mut consumer, Duration::from_secs(10)).await;
+    start[0].acker.ack().await.unwrap();
+    publisher
+        .publish(&message(
+            &names::reply_subject(1, "s1", "payment"),
+            "reply-1",
+            b"reply",
+        ))
+        .await
+        .unwrap();
+    let mut trimmer = Trimmer::new(js.clone());
+    assert_eq!(trimmer.trim().await.unwrap().purged, 1);
+    let reply = fetch_some(&mut consumer, Duration::from_secs(10)).await;
+    assert_eq!(reply[0].payload, b"reply");
+    reply[0].acker.ack().await.unwrap();
+
+    // An operator's consumer with two filters on partition 2: nothing it reads, nor
+    // any subject one of its filters lies in, is trimmed.
+    let inbox = js.get_stream(INBOX_STREAM).await.unwrap();
+    inbox
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("two-filters".into()),
+            filter_subjects: vec!["saga.in.2.>".into(), "saga.reply.2.>".into()],
+            ack_policy: AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    publisher
+        .publish(&message(
+            &names::inbox_subject(2, "s2"),
+            "start-2",
+            b"start",
+        ))
+        .await
+        .unwrap();
+    let report = trimmer.trim().await.unwrap();
+    assert_eq!(
+        report.untrimmed,
+        [(INBOX_STREAM.to_string(), "two-filters".to_string())]
+    );
+    assert_eq!(report.purged, 1, "partition 1's reply only: {report:?}");
+}
+
+/// Partition consumers made by an earlier version, with two filters, are given the one
+/// filter that reads the same messages, and keep their place.
+#[tokio::test]
+async fn partition_consumers_with_two_filters_are_updated_to_one() {
+    let (_nats, js) = setup().await;
+    let inbox = js.get_stream(INBOX_STREAM).await.unwrap();
+    inbox.delete_consumer("saga-p0").await.unwrap();
+    inbox
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("saga-p0".into()),
+            filter_subjects: vec!["saga.in.0.>".into(), "saga.reply.0.>".into()],
+            ack_policy: AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let publisher = NatsPublisher::new(js.clone());
+    for (subject, id) in [
+        (names::inbox_subject(0, "s1"), "a"),
+        (names::reply_subject(0, "s1", "payment"), "b"),
+    ] {
+        publisher
+            .publish(&message(&subject, id, b"x"))
+            .await
+            .unwrap();
+    }
+    let mut consumer = NatsConsumer::partition(&js, 0).await.unwrap();
+    let first = fetch_some(&mut consumer, Duration::from_secs(10)).await;
+    first[0].acker.ack().await.unwrap();
+
+    provision(&js, &config()).await.expect("provision again");
+    let info = inbox.consumer_info("saga-p0").await.unwrap();
+    assert_eq!(info.config.filter_subject, "saga.*.0.>");
+    assert!(info.config.filter_subjects.is_empty());
+    assert_eq!(info.ack_floor.stream_sequence, first[0].stream_sequence);
+    if first.len() == 1 {
+        let rest = fetch_some(&mut consumer, Duration::from_secs(40)).await;
+        assert_eq!(rest[0].subject, names::reply_subject(0, "s1", "payment"));
+    }
 }
