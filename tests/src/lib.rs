@@ -111,7 +111,11 @@ impl Stack {
             .env("DATA_DIR", self.data_dir(name))
             .env("SAGAS_DIR", repo().join("sagas"))
             .env("PARTITIONS", PARTITIONS.to_string())
-            .env("RUST_LOG", "warn");
+            // `E2E_WORKER_LOG=saga_runtime=debug cargo test ...` to see what workers do.
+            .env(
+                "RUST_LOG",
+                std::env::var("E2E_WORKER_LOG").unwrap_or_else(|_| "warn".into()),
+            );
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream::RetentionPolicy};
 use futures::TryStreamExt;
+use metrics::{counter, describe_counter, describe_gauge, gauge};
 use tracing::{debug, warn};
 
 use crate::names::{COMMANDS_STREAM, INBOX_STREAM};
@@ -41,6 +42,32 @@ pub const TRIMMED_STREAMS: [&str; 2] = [INBOX_STREAM, COMMANDS_STREAM];
 /// How long a consumer's ack floor may stay put behind messages it delivered before
 /// the trim warns that it holds the stream's cleanup back.
 pub const DEFAULT_HOLD_WARNING: Duration = Duration::from_secs(300);
+
+/// Messages trimmed, by `stream`.
+pub const TRIMMED_MESSAGES: &str = "saga_trimmed_messages_total";
+/// Consumers whose ack floor has stayed behind a message they delivered for longer than
+/// the hold warning (so the messages behind it stay stored), by `stream`.
+pub const TRIM_HELD: &str = "saga_trim_held_consumers";
+/// Consumers with several filters, whose messages are not trimmed, by `stream`.
+pub const TRIM_UNTRIMMED: &str = "saga_trim_untrimmed_consumers";
+
+fn describe() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        describe_counter!(
+            TRIMMED_MESSAGES,
+            "Messages purged from SAGA_INBOX or SAGA_COMMANDS once every reader settled them, by stream (counted by the worker holding partition 0)."
+        );
+        describe_gauge!(
+            TRIM_HELD,
+            "Consumers whose ack floor has stayed behind a message they delivered for more than 5 minutes, by stream: the messages behind it are not trimmed."
+        );
+        describe_gauge!(
+            TRIM_UNTRIMMED,
+            "Consumers with several filter subjects, by stream: what they read is not trimmed."
+        );
+    });
+}
 
 /// What one consumer has settled, from its info.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,6 +214,7 @@ impl Trimmer {
     /// One pass over every trimmed stream. A stream that cannot be read is reported and
     /// tried again at the next pass; nothing is purged on a partial view.
     pub async fn trim(&mut self) -> Result<TrimReport, async_nats::Error> {
+        describe();
         let mut report = TrimReport::default();
         for name in TRIMMED_STREAMS {
             let stream = self.js.get_stream(name).await?;
@@ -216,6 +244,10 @@ impl Trimmer {
                 }
                 report.untrimmed.push((name.to_owned(), consumer));
             }
+            let count = |v: &[(String, String)]| v.iter().filter(|(s, _)| s == name).count();
+            gauge!(TRIM_UNTRIMMED, "stream" => name).set(count(&report.untrimmed) as f64);
+            let held = report.held.iter().filter(|(s, _, _)| s == name).count();
+            gauge!(TRIM_HELD, "stream" => name).set(held as f64);
             for (filter, point) in points {
                 let key = (name.to_owned(), filter);
                 if self.purged.get(&key).is_some_and(|done| *done >= point) || point <= 1 {
@@ -224,6 +256,7 @@ impl Trimmer {
                 let response = stream.purge().filter(key.1.clone()).sequence(point).await?;
                 report.requests += 1;
                 report.purged += response.purged;
+                counter!(TRIMMED_MESSAGES, "stream" => name).increment(response.purged);
                 debug!(stream = name, filter = %key.1, below = point, purged = response.purged, "trimmed");
                 self.purged.insert(key, point);
             }
