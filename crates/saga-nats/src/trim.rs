@@ -80,6 +80,10 @@ pub struct Progress {
     pub ack_floor: u64,
     /// Stream sequence of the last message it delivered.
     pub delivered: u64,
+    /// Deliveries it has not settled yet.
+    pub ack_pending: usize,
+    /// Pull requests waiting at the server.
+    pub waiting: usize,
 }
 
 impl Progress {
@@ -97,7 +101,16 @@ impl Progress {
             filters,
             ack_floor: info.ack_floor.stream_sequence,
             delivered: info.delivered.stream_sequence,
+            ack_pending: info.num_ack_pending,
+            waiting: info.num_waiting,
         }
+    }
+
+    /// Whether redeliveries may be queued at the server for a pull that has not come:
+    /// unsettled deliveries and no pull request waiting. A purge would drop that queue
+    /// (nats-server `consumer.purge`), and the messages would wait one more ack wait.
+    fn may_queue_redeliveries(&self) -> bool {
+        self.ack_pending > 0 && self.waiting == 0
     }
 }
 
@@ -133,8 +146,10 @@ pub fn within(inner: &str, outer: &str) -> bool {
 
 /// What to purge: for each single-filter consumer's filter, the sequence below which its
 /// messages may go (one past the lowest ack floor of the consumers whose filters
-/// overlap it, itself among them). A filter inside which a consumer with several
-/// filters has one of its own is left out, and named in the second list.
+/// overlap it, itself among them). Left out: a filter inside which a consumer with
+/// several filters has one of its own (those consumers are named in the second list),
+/// and, until the next pass, a filter one of whose readers may have redeliveries
+/// queued (a purge moves every consumer it touches and empties that queue).
 pub fn plan(consumers: &[Progress]) -> (BTreeMap<String, u64>, Vec<String>) {
     let mut points = BTreeMap::new();
     let mut untrimmed = Vec::new();
@@ -146,15 +161,14 @@ pub fn plan(consumers: &[Progress]) -> (BTreeMap<String, u64>, Vec<String>) {
         let split = consumers
             .iter()
             .any(|d| d.filters.len() > 1 && d.filters.iter().any(|g| within(g, filter)));
-        if split {
-            continue;
-        }
-        let floor = consumers
+        let readers: Vec<&Progress> = consumers
             .iter()
             .filter(|d| d.filters.iter().any(|g| overlap(filter, g)))
-            .map(|d| d.ack_floor)
-            .min()
-            .unwrap_or(0);
+            .collect();
+        if split || readers.iter().any(|d| d.may_queue_redeliveries()) {
+            continue;
+        }
+        let floor = readers.iter().map(|d| d.ack_floor).min().unwrap_or(0);
         let point = points.entry(filter.clone()).or_insert(floor + 1);
         *point = (*point).min(floor + 1);
     }
@@ -311,7 +325,25 @@ mod tests {
             filters: filters.iter().map(|f| f.to_string()).collect(),
             ack_floor,
             delivered: ack_floor,
+            ack_pending: 0,
+            waiting: 1,
         }
+    }
+
+    #[test]
+    fn a_filter_is_left_for_later_while_a_reader_may_have_redeliveries_queued() {
+        let busy = |waiting| Progress {
+            ack_pending: 3,
+            waiting,
+            delivered: 60,
+            ..progress("svc-payment", &["saga.cmd.payment.>"], 50)
+        };
+        let (points, _) = plan(&[busy(0), progress("svc-orders", &["saga.cmd.orders.>"], 9)]);
+        assert!(!points.contains_key("saga.cmd.payment.>"), "{points:?}");
+        assert_eq!(points["saga.cmd.orders.>"], 10);
+        // A pull waiting takes any redelivery at once: nothing stays queued.
+        let (points, _) = plan(&[busy(1)]);
+        assert_eq!(points["saga.cmd.payment.>"], 51);
     }
 
     #[test]
@@ -386,7 +418,7 @@ mod tests {
             "ack_floor": {"consumer_seq": 4, "stream_seq": 8},
             "num_ack_pending": 1,
             "num_redelivered": 0,
-            "num_waiting": 0,
+            "num_waiting": 1,
             "num_pending": 0
         }))
         .expect("consumer info");

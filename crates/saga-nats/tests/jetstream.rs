@@ -849,15 +849,18 @@ async fn the_trim_purges_only_what_every_reader_of_a_subject_settled() {
         .delete_consumer("tap")
         .await
         .unwrap();
+    // The third is unsettled and no pull waits: its redelivery may be queued at the
+    // server, which a purge would drop, so the subject waits for a later pass.
     let report = trimmer.trim().await.unwrap();
-    assert_eq!(report.purged, 2, "the acked and the terminated: {report:?}");
-    assert_eq!(stream_messages(&js, "SAGA_COMMANDS").await, 3);
-
+    assert_eq!(report.purged, 0, "{report:?}");
     got[2].acker.ack().await.unwrap();
-    assert_eq!(trimmer.trim().await.unwrap().purged, 1);
+    let report = trimmer.trim().await.unwrap();
+    assert_eq!(report.purged, 3, "acked, terminated, acked: {report:?}");
     // The shipping commands wait for their service, as on a work queue.
     assert_eq!(stream_messages(&js, "SAGA_COMMANDS").await, 2);
-    // Nothing new settled: an idle pass sends no purge.
+    // Nothing new settled: a pass purges nothing (the consumer's floor may still move
+    // past the other service's commands once), and an idle stream costs no request.
+    assert_eq!(trimmer.trim().await.unwrap().purged, 0);
     let idle = trimmer.trim().await.unwrap();
     assert_eq!((idle.purged, idle.requests), (0, 0), "{idle:?}");
 
