@@ -45,8 +45,10 @@ def table(results_path, sagas):
         f"{sagas} checkout sagas per run, closed loop. *writes/saga*: JetStream messages "
         "stored per saga over every stream (KV included); *raw*: the server's fsynced "
         "append rate measured in the same run (256 in flight); *bound*: raw / writes; "
-        "*removals/saga*: messages acked out of a work queue or purged per saga, each one more "
-        "fsync on this server.",
+        "*removals/saga*: messages that left a stream per saga (trimmed from SAGA_INBOX and "
+        "SAGA_COMMANDS in ranges, about one fsync per purge; the open-saga entry purged; KV "
+        "revisions replaced); on a work queue each would be one more fsync. Fsyncs counted on "
+        "the server: scripts/bench_fsyncs.sh.",
         "",
         "| workers | concurrency | sagas/s | p50 ms | p99 ms | writes/saga | removals/saga | raw appends/s | bound sagas/s | % of bound | CPU ms/saga (all processes) | worker CPU ms/saga |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",

@@ -292,7 +292,7 @@ pub async fn run(gateway: &str, out: Output, a: BenchArgs) -> Result<ExitCode> {
                 .map(|(k, v)| format!("{k} {:.2}", per_saga(*v)))
                 .collect();
             outln!(
-                "removals    {n:.2} messages acked out of a work queue or purged per saga ({})",
+                "removals    {n:.2} messages that left a stream per saga (trimmed, purged, replaced) ({})",
                 parts.join(", ")
             );
         }

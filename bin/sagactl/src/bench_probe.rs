@@ -4,11 +4,12 @@
 //!   (KV buckets included), of how far its last sequence moved during the run, divided
 //!   by the sagas that ended. With `sync_interval: always` each of those is one fsynced
 //!   append. (sled flushes of the worker and participants are not counted.)
-//! - **Removals per saga**: messages that left a stream during the run (work-queue
-//!   acks, purges): how far its last sequence moved minus how far its message count
-//!   grew. On `sync_interval: always` each removal from a work queue or purge is one
-//!   more fsync on the server (measured with `perf record -e syscalls:sys_enter_fsync`:
-//!   about 31.6 fsyncs per checkout saga for 17.6 writes, docs/benchmarks.md).
+//! - **Removals per saga**: messages that left a stream during the run (trims, purges,
+//!   replaced KV revisions, acks on a work queue): how far its last sequence moved minus
+//!   how far its message count grew. On `sync_interval: always` a removal from a work
+//!   queue is one more fsync on the server; a purge of many settled messages about one
+//!   (scripts/bench_fsyncs.sh counts the server's fsyncs per saga: 27.2 with work
+//!   queues, 20.0 with trimmed streams, docs/benchmarks.md).
 //! - **The broker's bound** (`--raw`): the fsynced append rate of the same server in
 //!   the same run (a scratch stream, a window of publishes in flight), divided by the
 //!   writes per saga: the throughput the broker alone would allow.
