@@ -85,29 +85,15 @@ impl ConsumerSettings {
         Ok(())
     }
 
-    fn pull_config(&self, name: &str, filter: String, description: String) -> pull::Config {
-        self.pull_config_filters(name, vec![filter], description)
-    }
-
-    fn pull_config_filters(
-        &self,
-        name: &str,
-        mut filters: Vec<String>,
-        description: String,
-    ) -> pull::Config {
-        // One filter goes in `filter_subject` (the API subject then names it, which NATS
-        // permissions can pin); several in `filter_subjects`.
-        let (filter_subject, filter_subjects) = if filters.len() == 1 {
-            (filters.remove(0), Vec::new())
-        } else {
-            (String::new(), filters)
-        };
+    /// One filter goes in `filter_subject` (the API subject then names it, which NATS
+    /// permissions can pin); a caller that needs several sets `filter_subjects` on the
+    /// result instead.
+    fn pull_config(&self, name: &str, filter_subject: String, description: String) -> pull::Config {
         pull::Config {
             durable_name: Some(name.to_owned()),
             name: Some(name.to_owned()),
             description: Some(description),
             filter_subject,
-            filter_subjects,
             deliver_policy: DeliverPolicy::All,
             ack_policy: AckPolicy::Explicit,
             ack_wait: self.ack_wait,
