@@ -7,7 +7,9 @@
 //! cargo build --release --workspace --bins
 //! cargo run --release -p saga-e2e --example park_bench -- 5000
 //! ```
-//! Argument: open sagas (default 5000). Prints the first worker's resident memory before
+//! Argument: open sagas (default 5000); `PARK_BENCH_TAKEOVER=0` stops after the memory
+//! figure, `LEASE_TTL_MS` sets the workers' lease (default 1000), `PARK_BENCH_KEEP_LOG=<file>`
+//! keeps the second worker's log (debug lines of the saga actors and the supervisor). Prints the first worker's resident memory before
 //! and after the sagas were started, per saga; then, after that worker is killed, how
 //! long a worker with an empty store takes from its start to (a) every partition
 //! acquired (open-saga index listed, an actor started per saga) and (b) every saga
@@ -58,9 +60,12 @@ async fn main() {
     let dir = stack.data_dir("sagas");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("parked.yaml"), PARKED).unwrap();
+    // A short lease, so the takeover figure is mostly restoring; LEASE_TTL_MS=10000 (the
+    // default of a deployment) for runs with many more sagas than cores can start at once.
+    let ttl = std::env::var("LEASE_TTL_MS").unwrap_or_else(|_| "1000".into());
     let env = [
         ("SAGAS_DIR", dir.to_str().unwrap()),
-        ("LEASE_TTL_MS", "1000"),
+        ("LEASE_TTL_MS", ttl.as_str()),
         ("MAX_LIVE_SAGAS", "1000000"),
     ];
     let (mut first, _) = worker_logged(&stack, "first", &env);
@@ -78,21 +83,26 @@ async fn main() {
             async move { start_saga(&js, TYPE, id, pb::Payload::default()).await }
         })
         .await;
-    loop {
-        let records = last_records(&js, TYPE, &ids).await;
-        if records
-            .iter()
-            .all(|(v, s)| *v >= 1 && *s == pb::SagaState::Running)
-        {
-            break;
+    // Only the sagas not seen running yet are looked at again.
+    let mut pending = ids.clone();
+    while !pending.is_empty() {
+        let records = last_records(&js, TYPE, &pending).await;
+        let mut still = Vec::new();
+        for (id, (v, s)) in pending.into_iter().zip(records) {
+            if !(v >= 1 && s == pb::SagaState::Running) {
+                still.push(id);
+            }
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        pending = still;
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
     println!(
         "{total} sagas started and parked on their step timeout in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    // Idle actors stop after 5 s; let them.
+    // Idle actors stop (terminal) or park (running) after 5 s; let them.
     tokio::time::sleep(Duration::from_secs(10)).await;
     let after = rss_kib(first.pid());
     println!(
@@ -100,12 +110,18 @@ async fn main() {
         (after.saturating_sub(before)) as f64 / total as f64
     );
 
+    if std::env::var("PARK_BENCH_TAKEOVER").is_ok_and(|v| v == "0") {
+        return;
+    }
     first.sigkill().unwrap();
     let debug = [
         env[0],
         env[1],
         env[2],
-        ("RUST_LOG", "info,saga_runtime::saga_actor=debug"),
+        (
+            "RUST_LOG",
+            "info,saga_runtime::saga_actor=debug,saga_runtime::supervisor=debug",
+        ),
     ];
     let t0 = Instant::now();
     let (second, log) = worker_logged(&stack, "second", &debug);
@@ -137,4 +153,8 @@ async fn main() {
         "second worker resident memory after the takeover: {} KiB",
         rss_kib(second.pid())
     );
+    if let Ok(keep) = std::env::var("PARK_BENCH_KEEP_LOG") {
+        std::fs::copy(&log, &keep).expect("copying the second worker's log");
+        println!("second worker's log: {keep}");
+    }
 }

@@ -60,9 +60,19 @@ struct Args {
     /// a mismatch stops it with a non-determinism error.
     #[arg(long, env = "VERIFY_REPLAY_MAX_RECORDS", default_value_t = 1_000)]
     verify_replay_max_records: u64,
-    /// Saga actors alive at once; past it, new starts wait in the stream.
+    /// Saga actors alive at once; past it, new starts wait in the stream. Parked
+    /// sagas (see --park-after-ms) have no actor and do not count.
     #[arg(long, env = "MAX_LIVE_SAGAS", default_value_t = 16_384)]
     max_live_sagas: usize,
+    /// Milliseconds a running saga's actor stays idle, with nothing left to publish,
+    /// before the saga is parked: the actor stops and the worker keeps only the saga's
+    /// id, type and next deadline until its next input or deadline. 0: never parked.
+    #[arg(long, env = "PARK_AFTER_MS", default_value_t = 5_000)]
+    park_after_ms: u64,
+    /// Memory the local store may keep of what it holds, in MiB (sled's page cache;
+    /// the rest is read back from its files when a parked saga wakes).
+    #[arg(long, env = "STORE_CACHE_MB", default_value_t = 64)]
+    store_cache_mb: u64,
     /// This worker's id in the cluster (default: a random id kept in the data dir).
     #[arg(long, env = "WORKER_ID")]
     worker_id: Option<String>,
@@ -145,7 +155,7 @@ async fn run(args: Args) -> Result<()> {
 
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let store = Arc::new(open_store(&args.data_dir)?);
+    let store = Arc::new(open_store(&args.data_dir, args.store_cache_mb)?);
     let worker_id = match &args.worker_id {
         Some(id) => {
             if id.is_empty()
@@ -170,6 +180,7 @@ async fn run(args: Args) -> Result<()> {
         max_in_flight: args.max_in_flight.max(1),
         max_concurrent_restores: args.max_concurrent_restores.max(1),
         max_live_sagas: args.max_live_sagas.max(1),
+        park_after: Duration::from_millis(args.park_after_ms),
         verify_replay_max_records: args.verify_replay_max_records,
         ..RuntimeConfig::default()
     };
@@ -319,17 +330,23 @@ impl PartitionOwner for Owner {
 /// Opens the worker's store. The store is a copy of the journal: when it cannot be
 /// opened as corrupt (sled after an abrupt stop, or a layout this build cannot read), it
 /// is moved aside and the worker starts empty; sagas are restored from the journal.
-fn open_store(data_dir: &Path) -> Result<SledStore> {
+fn open_store(data_dir: &Path, cache_mb: u64) -> Result<SledStore> {
     let path = data_dir.join("store");
-    match SledStore::open(&path) {
+    let open = |path: &Path| {
+        SledStore::open_with(
+            sled::Config::new()
+                .path(path)
+                .cache_capacity(cache_mb.max(1) * 1024 * 1024),
+        )
+    };
+    match open(&path) {
         Ok(s) => Ok(s),
         Err(StoreError::Corrupted(why)) => {
             let aside = data_dir.join(format!("store.corrupt-{}", SystemClock.now()));
             error!(%why, aside = %aside.display(), "the local store is corrupt: moving it aside and starting empty (sagas are restored from the journal)");
             std::fs::rename(&path, &aside)
                 .with_context(|| format!("moving {} aside", path.display()))?;
-            SledStore::open(&path)
-                .with_context(|| format!("opening a new store in {}", path.display()))
+            open(&path).with_context(|| format!("opening a new store in {}", path.display()))
         }
         Err(e) => Err(e).with_context(|| format!("opening the store in {}", data_dir.display())),
     }

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::{PublishMessage, StreamMessage};
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
@@ -33,8 +32,9 @@ const DEFAULT_READ_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// that record carries our message id, returns its ack with `duplicate: true` instead of
 /// `Fenced`.
 ///
-/// **Reads** go through an ordered consumer filtered on the saga's subject, up to the last
-/// record that existed when the read started.
+/// **Reads** are one batched direct get (ADR-31): a single request, answered with the
+/// saga's records up to the last one that existed when the read started, and no consumer
+/// created on the server.
 #[derive(Debug, Clone)]
 pub struct NatsJournal {
     js: jetstream::Context,
@@ -149,67 +149,102 @@ impl Journal for NatsJournal {
 
     async fn read(&self, saga_type: &str, saga_id: &str) -> Result<Vec<JournalRecord>, PortError> {
         let subject = checked_subject(saga_type, saga_id)?;
-        // Read up to the last record that exists now: the ordered consumer never ends by
-        // itself, and on an empty subject it would deliver nothing at all.
-        let Some(last) = self.last_on(&subject).await? else {
-            return Ok(Vec::new());
-        };
+        let mut records = Vec::new();
+        let mut from = 1;
+        // The server answers at most `READ_BATCH` records per request (and less when
+        // they are large): ask again from after the last one until it has no more.
+        loop {
+            let request = serde_json::json!({
+                "seq": from,
+                "next_by_subj": subject,
+                "batch": READ_BATCH,
+            });
+            let (batch, more) = self.direct_batch(&subject, &request).await?;
+            let Some(last) = batch.last() else {
+                return Ok(records);
+            };
+            from = last.sequence + 1;
+            records.extend(batch);
+            if !more {
+                return Ok(records);
+            }
+        }
+    }
+}
+
+/// Records asked for in one batched direct get.
+const READ_BATCH: usize = 1_000;
+
+impl NatsJournal {
+    /// One batched direct get (ADR-31, nats-server 2.11 and later): the server answers
+    /// on an inbox with one message per stored message, each carrying
+    /// `Nats-Num-Pending` (how many more match), then an empty `204 EOB` status; no
+    /// match at all is a `404`. Returns the records and whether more are pending. Written
+    /// here rather than taken from jetstream-extra, which has it but pins an older
+    /// async-nats than this workspace.
+    async fn direct_batch(
+        &self,
+        subject: &str,
+        request: &serde_json::Value,
+    ) -> Result<(Vec<JournalRecord>, bool), PortError> {
         let unavailable = |what: &str, e: &dyn std::fmt::Display| {
             PortError::Unavailable(format!("reading {subject}: {what}: {e}"))
         };
-        let stream = self
-            .js
-            .get_stream_no_info(JOURNAL_STREAM)
+        let client = self.js.client();
+        let inbox = client.new_inbox();
+        let mut replies = client
+            .subscribe(inbox.clone())
             .await
-            .map_err(|e| unavailable("stream", &e))?;
-        let consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: subject.clone(),
-                deliver_policy: DeliverPolicy::All,
-                ..Default::default()
-            })
+            .map_err(|e| unavailable("subscribing to the reply inbox", &e))?;
+        let payload = serde_json::to_vec(request).expect("a JSON value encodes");
+        self.js
+            .send_request(
+                format!("DIRECT.GET.{JOURNAL_STREAM}"),
+                async_nats::Request::new()
+                    .inbox(inbox)
+                    .payload(payload.into()),
+            )
             .await
-            .map_err(|e| unavailable("ordered consumer", &e))?;
-        let mut consumer_name = Some(consumer.cached_info().name.clone());
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| unavailable("ordered consumer", &e))?;
+            .map_err(|e| unavailable("batched direct get", &e))?;
         let mut records = Vec::new();
-        let result = loop {
-            let Ok(next) = tokio::time::timeout(self.read_idle_timeout, messages.next()).await
+        let mut pending = 0u64;
+        loop {
+            let Ok(next) = tokio::time::timeout(self.read_idle_timeout, replies.next()).await
             else {
                 let waited = format!("waited {:?}", self.read_idle_timeout);
-                break Err(unavailable("no record arrived", &waited));
+                return Err(unavailable("no answer to the batched direct get", &waited));
             };
-            let message = match next {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => break Err(unavailable("ordered consumer", &e)),
-                None => break Err(unavailable("ordered consumer", &"ended early")),
+            let Some(m) = next else {
+                return Err(unavailable("batched direct get", &"reply inbox closed"));
             };
-            let info = match message.info() {
-                Ok(info) => info,
-                Err(e) => break Err(unavailable("message metadata", &e)),
+            match m.status.map(|s| s.as_u16()) {
+                None => {}
+                Some(204) => return Ok((records, pending > 0)),
+                Some(404) => return Ok((records, false)),
+                Some(code) => {
+                    let why = format!("status {code} {}", m.description.unwrap_or_default());
+                    return Err(if code == 408 || code == 413 {
+                        PortError::Rejected(format!("reading {subject}: {why}"))
+                    } else {
+                        unavailable("batched direct get", &why)
+                    });
+                }
+            }
+            let headers = m.headers.unwrap_or_default();
+            let number = |name: &str| {
+                headers
+                    .get(name)
+                    .and_then(|v| v.as_str().parse::<u64>().ok())
+                    .ok_or_else(|| unavailable("batched direct get", &format!("no {name} header")))
             };
-            let sequence = info.stream_sequence;
-            consumer_name = Some(info.consumer.to_owned());
+            let sequence = number(async_nats::header::NATS_SEQUENCE.as_ref())?;
+            // Absent on servers without batched gets: then there is no batch to go on.
+            pending = number("Nats-Num-Pending").unwrap_or(0);
             records.push(JournalRecord {
                 sequence,
-                payload: message.payload.to_vec(),
+                payload: m.payload.to_vec(),
             });
-            if sequence >= last.sequence {
-                break Ok(records);
-            }
-        };
-        drop(messages);
-        // The server would drop the ephemeral consumer after 30 s of inactivity; a
-        // recovery reading thousands of sagas should not leave thousands behind.
-        if let Some(name) = consumer_name {
-            if let Err(e) = stream.delete_consumer(&name).await {
-                tracing::debug!(consumer = %name, error = %e, "could not delete a read consumer");
-            }
         }
-        result
     }
 }
 

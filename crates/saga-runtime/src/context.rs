@@ -20,6 +20,11 @@ pub struct RuntimeConfig {
     pub worker_id: String,
     /// A terminal saga's actor stops after this long without input.
     pub idle_stop_after: Duration,
+    /// A running saga's actor stops after this long without input when nothing of it is
+    /// left to publish: the saga is parked in the supervisor (its id, type and next
+    /// deadline, in one timer wheel for the worker) until its next input or deadline
+    /// starts an actor again from the local copy. Zero: actors of running sagas live on.
+    pub park_after: Duration,
     /// Longest wait before a failed saga actor is restarted (the backoff doubles from
     /// 100 ms up to this; a saga is never given up).
     pub max_restart_delay: Duration,
@@ -59,6 +64,7 @@ impl Default for RuntimeConfig {
             partitions: 16,
             worker_id: "worker".into(),
             idle_stop_after: Duration::from_secs(5),
+            park_after: Duration::from_secs(5),
             max_restart_delay: Duration::from_secs(30),
             restart_window: Duration::from_secs(300),
             sweep_interval: Duration::from_secs(30),

@@ -43,6 +43,8 @@ pub const COMPENSATIONS: &str = "saga_compensations_total";
 pub const COMPENSATION_ATTEMPT_FAILURES: &str = "saga_compensation_attempt_failures_total";
 /// Saga actors alive on this worker.
 pub const ACTORS_ALIVE: &str = "saga_actors_alive";
+/// Gauge: open sagas parked without an actor until their next input or deadline.
+pub const PARKED_SAGAS: &str = "saga_parked_sagas";
 /// Saga actors restarted after a failure since the worker started.
 pub const ACTOR_RESTARTS: &str = "saga_actor_restarts_total";
 /// Age of the oldest transition whose outbox is not published yet.
@@ -92,6 +94,10 @@ pub fn describe() {
             "Compensation attempts that failed or timed out (retried until their limit moves the saga to FAILED)."
         );
         describe_gauge!(ACTORS_ALIVE, "Saga actors alive on this worker.");
+        describe_gauge!(
+            PARKED_SAGAS,
+            "Open sagas of this worker parked without an actor until their next input or deadline."
+        );
         describe_counter!(ACTOR_RESTARTS, "Saga actors restarted by the supervisor after a failure.");
         describe_gauge!(
             OUTBOX_LAG,
@@ -198,11 +204,11 @@ pub(crate) fn spawn_sampler(ctx: &Context, supervisor: &ActorRef<SupervisorMsg>)
     let (ctx, supervisor) = (ctx.clone(), supervisor.clone());
     tokio::spawn(async move {
         loop {
-            let Ok(children) = ractor::call!(supervisor, SupervisorMsg::Children) else {
+            let Ok((alive, parked)) = ractor::call!(supervisor, SupervisorMsg::Counts) else {
                 return;
             };
-            gauge!(ACTORS_ALIVE).set(children.len() as f64);
-            drop(children);
+            gauge!(ACTORS_ALIVE).set(alive as f64);
+            gauge!(PARKED_SAGAS).set(parked as f64);
             if let Ok(n) = ractor::call!(supervisor, SupervisorMsg::Restarts) {
                 counter!(ACTOR_RESTARTS).absolute(n);
             }

@@ -58,6 +58,11 @@ pub struct SagaArgs {
     /// lacks it, and a terminal saga's last messages are published again (create-only
     /// events, deduplicated commands) in case the previous owner stopped short.
     pub resume: bool,
+    /// Woken by the supervisor's timer wheel at this deadline (the context clock's
+    /// milliseconds): its timers due by then fire at once. The wheel waited on the
+    /// monotonic clock, as an armed timer would have; a wall clock behind it must not
+    /// send the saga back to wait again.
+    pub due: Option<u64>,
 }
 
 /// A saga actor's state, built in `post_start` from the store or the journal.
@@ -70,7 +75,15 @@ pub struct SagaActorState {
     stored: Option<StoredSaga>,
     timers: BTreeMap<TimerKey, JoinHandle<()>>,
     activity: u64,
+    /// Inputs received (the supervisor parks the saga only when it routed no more).
+    received: u64,
+    /// Resumed (takeover, restart, deadline) and given no input or timer since: parked
+    /// as soon as its outbox is relayed, so a takeover of many open sagas does not keep
+    /// an actor for each of them.
+    resumed_idle: bool,
     resume: bool,
+    /// See [`SagaArgs::due`]; used by the first arming of the stored timers.
+    due: Option<u64>,
     /// Set when the last journal append was fenced (the local copy was dropped).
     fenced: bool,
     /// Answers to commands the broker refused for good, applied after the relay.
@@ -103,7 +116,10 @@ impl Actor for SagaActor {
             diverged: None,
             timers: BTreeMap::new(),
             activity: 0,
+            received: 0,
+            resumed_idle: args.resume,
             resume: args.resume,
+            due: args.due,
             fenced: false,
             refused: Vec::new(),
             trace: None,
@@ -161,6 +177,8 @@ impl Actor for SagaActor {
         if st.stored.is_some() && !st.ctx.store.outbox(st.saga_id.as_str())?.is_empty() {
             myself.cast(SagaMsg::Relay)?;
         }
+        // An actor resumed with nothing to do stops (or parks) when idle, too.
+        st.schedule_idle_check(&myself)?;
         Ok(())
     }
 
@@ -170,13 +188,20 @@ impl Actor for SagaActor {
         msg: SagaMsg,
         st: &mut SagaActorState,
     ) -> Result<(), ActorProcessingErr> {
-        st.activity += 1;
+        // An idle check is not activity: several may be on their way at once.
+        if !matches!(msg, SagaMsg::IdleCheck(_)) {
+            st.activity += 1;
+        }
+        if matches!(msg, SagaMsg::Input { .. } | SagaMsg::Timer(_)) {
+            st.resumed_idle = false;
+        }
         match msg {
             SagaMsg::Input {
                 input,
                 delivery,
                 permit,
             } => {
+                st.received += 1;
                 let input_id = input.id();
                 let span = trace::process_span(
                     st.saga_id.as_str(),
@@ -234,12 +259,25 @@ impl Actor for SagaActor {
                 }
             }
             SagaMsg::IdleCheck(seen) => {
-                if seen + 1 == st.activity && st.is_done()? {
+                if seen != st.activity {
+                    return Ok(());
+                }
+                if st.is_done()? {
                     debug!(saga_id = %st.saga_id, "terminal and idle: stopping");
                     // Everything is journalled and published: the local copy is no
                     // longer needed (a late input restores it from the journal).
                     st.ctx.store.forget(st.saga_id.as_str())?;
                     myself.stop(Some("terminal".into()));
+                } else if let Some(wake_at) = st.parkable()? {
+                    // The supervisor stops this actor unless an input is on its way.
+                    if let Some(cell) = myself.try_get_supervisor() {
+                        let _ = cell.send_message(crate::supervisor::SupervisorMsg::Park {
+                            saga_id: st.saga_id.clone(),
+                            actor: myself.get_id(),
+                            received: st.received,
+                            wake_at,
+                        });
+                    }
                 }
                 return Ok(());
             }
@@ -265,12 +303,7 @@ impl Actor for SagaActor {
                 st.recover_from_fence(&myself, e).await?;
             }
         }
-        if st.is_done()? {
-            let seen = st.activity;
-            myself.send_after(st.ctx.config.idle_stop_after, move || {
-                SagaMsg::IdleCheck(seen)
-            });
-        }
+        st.schedule_idle_check(&myself)?;
         Ok(())
     }
 
@@ -285,6 +318,9 @@ impl Actor for SagaActor {
         Ok(())
     }
 }
+
+/// How soon a resumed saga given nothing to do is parked (see `resumed_idle`).
+const RESUMED_PARK_AFTER: Duration = Duration::from_millis(200);
 
 fn arm(
     myself: &ActorRef<SagaMsg>,
@@ -336,10 +372,53 @@ impl SagaActorState {
             return;
         };
         let now = self.ctx.clock.now();
+        let due = self.due.take();
         for (key, at) in stored.timers.clone() {
-            let after = Duration::from_millis(at.saturating_sub(now));
+            let after = if due.is_some_and(|d| at <= d) {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(at.saturating_sub(now))
+            };
             arm(myself, &mut self.timers, key, after);
         }
+    }
+
+    /// Checks again after a quiet while whether this actor can stop: a terminal saga
+    /// stops, a running one may be parked ([`crate::RuntimeConfig::park_after`]).
+    fn schedule_idle_check(&self, myself: &ActorRef<SagaMsg>) -> Result<(), RuntimeError> {
+        let after = if self.is_done()? {
+            self.ctx.config.idle_stop_after
+        } else if !self.ctx.config.park_after.is_zero() {
+            if self.resumed_idle {
+                self.ctx.config.park_after.min(RESUMED_PARK_AFTER)
+            } else {
+                self.ctx.config.park_after
+            }
+        } else {
+            return Ok(());
+        };
+        let seen = self.activity;
+        myself.send_after(after, move || SagaMsg::IdleCheck(seen));
+        Ok(())
+    }
+
+    /// `Some(earliest deadline)` when the saga may be parked: running, restored as it is
+    /// journalled (a diverged replay must stop it at its next input; a fenced copy is
+    /// being restored), and nothing of it left to publish.
+    fn parkable(&self) -> Result<Option<Option<u64>>, RuntimeError> {
+        let Some(stored) = &self.stored else {
+            return Ok(None);
+        };
+        if self.ctx.config.park_after.is_zero()
+            || stored.state.status.is_terminal()
+            || self.diverged.is_some()
+            || self.fenced
+            || !self.refused.is_empty()
+            || !self.ctx.store.outbox(self.saga_id.as_str())?.is_empty()
+        {
+            return Ok(None);
+        }
+        Ok(Some(stored.timers.iter().map(|(_, at)| *at).min()))
     }
 
     fn is_done(&self) -> Result<bool, RuntimeError> {

@@ -1,8 +1,15 @@
 //! The saga supervisor: one child actor per live saga, restarted with capped backoff
 //! when it fails (never given up), and a sweep that resumes any open saga of a held
 //! partition that has no actor.
+//!
+//! A running saga idle for [`RuntimeConfig::park_after`](crate::RuntimeConfig) with
+//! nothing left to publish is *parked*: its actor stops and the supervisor keeps only
+//! its id, type and next deadline, in one timer wheel for the whole worker. Its next
+//! input, or its deadline, starts an actor again from the local copy. A saga waiting
+//! an hour on a step timeout then costs a map entry instead of an actor, its mailboxes
+//! and a timer task.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -66,18 +73,58 @@ pub enum SupervisorMsg {
     },
     /// Partitions held now.
     Held(RpcReplyPort<Vec<u32>>),
+    /// A saga actor is idle with nothing to publish: park the saga (stop the actor,
+    /// keep its next deadline) unless an input was routed to it since.
+    Park {
+        /// Which saga.
+        saga_id: SagaId,
+        /// The actor asking.
+        actor: ActorId,
+        /// Inputs that actor has received so far.
+        received: u64,
+        /// Its earliest timer deadline, in the context clock's milliseconds.
+        wake_at: Option<u64>,
+    },
+    /// Resume the parked sagas whose deadline has come.
+    WakeParked,
+    /// `(live actors, parked sagas)`.
+    Counts(RpcReplyPort<(usize, usize)>),
 }
 
 /// The supervisor actor.
 #[derive(Debug)]
 pub struct SagaSupervisor;
 
+/// A live saga actor.
+#[derive(Debug)]
+struct Child {
+    actor: ActorRef<SagaMsg>,
+    saga_type: String,
+    /// Inputs routed to it: it may park only once it has received them all.
+    sent: u64,
+}
+
+/// A parked saga.
+#[derive(Debug)]
+struct Parked {
+    saga_type: String,
+    wake_at: Option<tokio::time::Instant>,
+    /// The deadline itself, in the context clock's milliseconds.
+    due: Option<u64>,
+}
+
 /// Its state.
 #[derive(Debug)]
 pub struct SupervisorState {
     ctx: Context,
-    children: HashMap<SagaId, (ActorRef<SagaMsg>, String)>,
+    children: HashMap<SagaId, Child>,
     by_actor: HashMap<ActorId, SagaId>,
+    /// Parked sagas: their type, and when to resume them.
+    parked: HashMap<SagaId, Parked>,
+    /// The parked sagas' deadlines, earliest first.
+    wheel: BTreeSet<(tokio::time::Instant, SagaId)>,
+    /// The earliest [`SupervisorMsg::WakeParked`] on its way.
+    wake_scheduled: Option<tokio::time::Instant>,
     restarts: HashMap<SagaId, Vec<Instant>>,
     total_restarts: u64,
     held: HashSet<u32>,
@@ -99,6 +146,9 @@ impl Actor for SagaSupervisor {
             ctx,
             children: HashMap::new(),
             by_actor: HashMap::new(),
+            parked: HashMap::new(),
+            wheel: BTreeSet::new(),
+            wake_scheduled: None,
             restarts: HashMap::new(),
             total_restarts: 0,
             held: HashSet::new(),
@@ -128,6 +178,8 @@ impl Actor for SagaSupervisor {
                     }
                     return Ok(());
                 }
+                // Its next input: the parked saga runs again.
+                st.unpark(&saga_id);
                 if matches!(input, Input::Start { .. })
                     && !st.children.contains_key(&saga_id)
                     && st.children.len() >= st.ctx.config.max_live_sagas
@@ -150,7 +202,12 @@ impl Actor for SagaSupervisor {
                 for _ in 0..2 {
                     let child = st.child(&myself, &saga_id, &saga_type, false).await?;
                     match child.cast(msg) {
-                        Ok(()) => return Ok(()),
+                        Ok(()) => {
+                            if let Some(c) = st.children.get_mut(&saga_id) {
+                                c.sent += 1;
+                            }
+                            return Ok(());
+                        }
                         Err(ractor::MessagingErr::SendErr(back)) => {
                             st.forget(&saga_id);
                             msg = back;
@@ -162,6 +219,7 @@ impl Actor for SagaSupervisor {
             }
             SupervisorMsg::Resume { saga_id, saga_type } => {
                 st.pending.remove(&saga_id);
+                st.unpark(&saga_id);
                 if st.holds(&saga_id) {
                     st.child(&myself, &saga_id, &saga_type, true).await?;
                 }
@@ -170,7 +228,7 @@ impl Actor for SagaSupervisor {
                 st.held.insert(partition);
             }
             SupervisorMsg::Children(reply) => {
-                let _ = reply.send(st.children.values().map(|(a, _)| a.clone()).collect());
+                let _ = reply.send(st.children.values().map(|c| c.actor.clone()).collect());
             }
             SupervisorMsg::Release {
                 partition,
@@ -180,6 +238,17 @@ impl Actor for SagaSupervisor {
                 st.held.remove(&partition);
                 st.pending
                     .retain(|id| partition_of(id, partitions) != partition);
+                // Parked sagas of the partition are the next owner's: their state is
+                // in the journal, their deadlines in the last record.
+                let parked: Vec<SagaId> = st
+                    .parked
+                    .keys()
+                    .filter(|id| partition_of(id, partitions) == partition)
+                    .cloned()
+                    .collect();
+                for id in parked {
+                    st.unpark(&id);
+                }
                 let ids: Vec<SagaId> = st
                     .children
                     .keys()
@@ -188,8 +257,8 @@ impl Actor for SagaSupervisor {
                     .collect();
                 let mut actors = Vec::new();
                 for id in ids {
-                    if let Some((child, _)) = st.children.get(&id) {
-                        actors.push(child.clone());
+                    if let Some(c) = st.children.get(&id) {
+                        actors.push(c.actor.clone());
                     }
                     st.forget(&id);
                 }
@@ -206,9 +275,11 @@ impl Actor for SagaSupervisor {
                 });
                 let mut resumed = 0;
                 for (saga_id, saga_type) in open {
-                    // A saga waiting for its restart backoff is left to it.
+                    // A saga waiting for its restart backoff is left to it; a parked
+                    // one waits for its input or deadline.
                     if st.holds(&saga_id)
                         && !st.children.contains_key(&saga_id)
+                        && !st.parked.contains_key(&saga_id)
                         && !st.pending.contains(&saga_id)
                     {
                         debug!(%saga_id, "open saga without an actor: resuming it");
@@ -220,6 +291,61 @@ impl Actor for SagaSupervisor {
             }
             SupervisorMsg::Held(reply) => {
                 let _ = reply.send(st.held.iter().copied().collect());
+            }
+            SupervisorMsg::Park {
+                saga_id,
+                actor,
+                received,
+                wake_at,
+            } => {
+                // Not parked when an input is on its way to the actor (it would be
+                // lost with the actor), or when the actor is no longer this saga's.
+                let idle = st
+                    .children
+                    .get(&saga_id)
+                    .is_some_and(|c| c.actor.get_id() == actor && c.sent == received);
+                if idle && st.holds(&saga_id) {
+                    let child = st.children.remove(&saga_id).expect("checked above");
+                    st.by_actor.remove(&actor);
+                    child.actor.stop(Some("parked".into()));
+                    let wake_at_ms = wake_at;
+                    let wake_at = wake_at.map(|at| {
+                        let after = at.saturating_sub(st.ctx.clock.now());
+                        tokio::time::Instant::now() + Duration::from_millis(after)
+                    });
+                    debug!(%saga_id, ?wake_at, "saga parked");
+                    if let Some(at) = wake_at {
+                        st.wheel.insert((at, saga_id.clone()));
+                        st.schedule_wake(&myself, at);
+                    }
+                    st.parked.insert(
+                        saga_id,
+                        Parked {
+                            saga_type: child.saga_type,
+                            wake_at,
+                            due: wake_at_ms,
+                        },
+                    );
+                }
+            }
+            SupervisorMsg::WakeParked => {
+                st.wake_scheduled = None;
+                let now = tokio::time::Instant::now();
+                while let Some((at, saga_id)) = st.wheel.first().cloned() {
+                    if at > now {
+                        st.schedule_wake(&myself, at);
+                        break;
+                    }
+                    st.wheel.pop_first();
+                    if let Some(p) = st.parked.remove(&saga_id) {
+                        debug!(%saga_id, "deadline of a parked saga: resuming it");
+                        st.child_due(&myself, &saga_id, &p.saga_type, true, p.due)
+                            .await?;
+                    }
+                }
+            }
+            SupervisorMsg::Counts(reply) => {
+                let _ = reply.send((st.children.len(), st.parked.len()));
             }
         }
         Ok(())
@@ -238,7 +364,7 @@ impl Actor for SagaSupervisor {
                     if st
                         .children
                         .get(&id)
-                        .is_some_and(|(a, _)| a.get_id() == cell.get_id())
+                        .is_some_and(|c| c.actor.get_id() == cell.get_id())
                     {
                         st.children.remove(&id);
                     }
@@ -249,7 +375,11 @@ impl Actor for SagaSupervisor {
                 let Some(id) = st.by_actor.remove(&cell.get_id()) else {
                     return Ok(());
                 };
-                let saga_type = st.children.remove(&id).map(|(_, t)| t).unwrap_or_default();
+                let saga_type = st
+                    .children
+                    .remove(&id)
+                    .map(|c| c.saga_type)
+                    .unwrap_or_default();
                 let window = st.ctx.config.restart_window;
                 let recent = st.restarts.entry(id.clone()).or_default();
                 recent.retain(|t| t.elapsed() < window);
@@ -280,20 +410,60 @@ impl SupervisorState {
         saga_type: &str,
         resume: bool,
     ) -> Result<ActorRef<SagaMsg>, ActorProcessingErr> {
-        if let Some((child, _)) = self.children.get(saga_id) {
-            return Ok(child.clone());
+        self.child_due(myself, saga_id, saga_type, resume, None)
+            .await
+    }
+
+    /// [`Self::child`], woken at the deadline `due` (see [`SagaArgs::due`]).
+    async fn child_due(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        saga_id: &SagaId,
+        saga_type: &str,
+        resume: bool,
+        due: Option<u64>,
+    ) -> Result<ActorRef<SagaMsg>, ActorProcessingErr> {
+        if let Some(c) = self.children.get(saga_id) {
+            return Ok(c.actor.clone());
         }
         let args = SagaArgs {
             ctx: self.ctx.clone(),
             saga_id: saga_id.clone(),
             saga_type: saga_type.to_string(),
             resume,
+            due,
         };
         let (child, _) = Actor::spawn_linked(None, SagaActor, args, myself.get_cell()).await?;
         self.by_actor.insert(child.get_id(), saga_id.clone());
-        self.children
-            .insert(saga_id.clone(), (child.clone(), saga_type.to_string()));
+        self.children.insert(
+            saga_id.clone(),
+            Child {
+                actor: child.clone(),
+                saga_type: saga_type.to_string(),
+                sent: 0,
+            },
+        );
         Ok(child)
+    }
+
+    /// Takes a saga out of the parked ones (it runs again, or is no longer held).
+    fn unpark(&mut self, saga_id: &SagaId) -> Option<Parked> {
+        let p = self.parked.remove(saga_id)?;
+        if let Some(at) = p.wake_at {
+            self.wheel.remove(&(at, saga_id.clone()));
+        }
+        Some(p)
+    }
+
+    /// Makes sure a [`SupervisorMsg::WakeParked`] comes by `at` (one message on its
+    /// way for the earliest deadline; a later one is scheduled when that one comes).
+    fn schedule_wake(&mut self, myself: &ActorRef<SupervisorMsg>, at: tokio::time::Instant) {
+        if self.wake_scheduled.is_some_and(|w| w <= at) {
+            return;
+        }
+        self.wake_scheduled = Some(at);
+        let after = at.saturating_duration_since(tokio::time::Instant::now());
+        myself.send_after(after, || SupervisorMsg::WakeParked);
     }
 
     fn holds(&self, saga_id: &SagaId) -> bool {
@@ -302,8 +472,8 @@ impl SupervisorState {
     }
 
     fn forget(&mut self, saga_id: &SagaId) {
-        if let Some((child, _)) = self.children.remove(saga_id) {
-            self.by_actor.remove(&child.get_id());
+        if let Some(c) = self.children.remove(saga_id) {
+            self.by_actor.remove(&c.actor.get_id());
         }
     }
 }

@@ -257,6 +257,11 @@ impl Worker {
         self.children().await.len()
     }
 
+    /// Sagas parked (open, idle, without an actor until their next input or deadline).
+    pub async fn parked_sagas(&self) -> usize {
+        ractor::call!(self.supervisor, SupervisorMsg::Counts).map_or(0, |(_, parked)| parked)
+    }
+
     /// Restarts of failed saga actors so far.
     pub async fn restarts(&self) -> u64 {
         ractor::call!(self.supervisor, SupervisorMsg::Restarts).unwrap_or(0)

@@ -1069,3 +1069,108 @@ async fn a_replay_that_diverges_from_the_journal_stops_the_saga() {
     assert_eq!(rig.publisher.on("saga.cmd.").len(), before);
     worker.shutdown(Duration::from_secs(1)).await;
 }
+
+/// Waits until the worker has `live` actors and `parked` parked sagas.
+async fn wait_counts(worker: &Worker, live: usize, parked: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = (worker.live_sagas().await, worker.parked_sagas().await);
+        if now == (live, parked) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "(live actors, parked sagas) stayed {now:?}, not ({live}, {parked})"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A running saga idle past `park_after` with nothing to publish is parked: its actor
+/// stops and the supervisor keeps it. Its next input runs it again, from the local copy,
+/// to the end, with nothing applied twice or lost.
+#[tokio::test]
+async fn an_idle_running_saga_is_parked_and_its_next_reply_runs_it_again() {
+    let (mut rig, consumer) = rig(Arc::new(MemoryStore::default()));
+    rig.ctx.config.park_after = Duration::from_millis(50);
+    let worker = Worker::start(rig.ctx.clone(), vec![(0, Box::new(consumer))])
+        .await
+        .unwrap();
+    rig.start("p-1");
+    wait_for("the first command", || {
+        !rig.publisher.on("saga.cmd.").is_empty()
+    })
+    .await;
+    wait_counts(&worker, 0, 1).await;
+    // The sweep leaves a parked saga parked (it is not "an open saga without an actor").
+    let open = vec![(SagaId::parse("p-1").unwrap(), "OrderCheckout".to_string())];
+    let resumed = ractor::call!(worker.supervisor(), |reply| {
+        saga_runtime::supervisor::SupervisorMsg::Sweep { open, reply }
+    })
+    .unwrap();
+    assert_eq!(resumed, 0);
+    assert_eq!(
+        rig.run_until_terminal("p-1", &ok).await,
+        SagaStatus::Completed
+    );
+    assert_eq!(
+        rig.journal_inputs("p-1").len(),
+        4,
+        "{:?}",
+        rig.journal_inputs("p-1")
+    );
+    assert_eq!(rig.journal_versions("p-1"), [1, 2, 3, 4]);
+    let settled = rig.feed.settled();
+    assert_eq!(settled.len(), 4);
+    assert!(settled.iter().all(|(_, s)| *s == Settled::Ack));
+    // Ended, it is neither parked nor alive once idle.
+    wait_counts(&worker, 0, 0).await;
+    worker.shutdown(Duration::from_secs(1)).await;
+}
+
+/// A parked saga's step timeout still fires: the worker's timer wheel resumes it at its
+/// deadline and the timeout is applied as if the actor had waited, even with a wall
+/// clock that lags the monotonic one.
+#[tokio::test]
+async fn a_parked_saga_is_resumed_at_its_step_timeout() {
+    let def = Arc::new(
+        parse_definition(
+            "short.yaml",
+            "saga:
+  name: OrderCheckout
+  steps:
+    - {name: Wait, service: nobody, action: wait, compensation: none, timeout: 600ms}
+",
+        )
+        .unwrap()
+        .definition,
+    );
+    let (mut rig, consumer) = rig_with(Arc::new(MemoryStore::default()), def);
+    rig.ctx.config.park_after = Duration::from_millis(30);
+    let worker = Worker::start(rig.ctx.clone(), vec![(0, Box::new(consumer))])
+        .await
+        .unwrap();
+    rig.start("t-1");
+    wait_counts(&worker, 0, 1).await;
+    assert!(
+        !rig.journal_inputs("t-1")
+            .iter()
+            .any(|i| i.starts_with("timer:")),
+        "parked before its timeout"
+    );
+    // The rig's wall clock stands still: the wheel waits on the monotonic clock, as an
+    // armed timer does, and the woken saga fires what is due instead of waiting again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !rig
+        .journal_inputs("t-1")
+        .contains(&"timer:step-timeout:Wait:1".to_string())
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the parked saga's timeout never fired: {:?}",
+            rig.journal_inputs("t-1")
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    worker.shutdown(Duration::from_secs(1)).await;
+}
