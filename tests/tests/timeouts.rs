@@ -242,3 +242,81 @@ async fn a_retriable_step_whose_participant_is_down_past_the_deadline_completes_
         .all(|(s, a)| s == "Notify" && a == "doNotify"));
     participant.abort();
 }
+
+/// A worker that parks idle sagas at once (`PARK_AFTER_MS=50`): the saga waiting on its
+/// step timeout is parked, woken at the deadline by the worker's timer wheel and retried;
+/// parked again while waiting on the late reply, that reply wakes it. Same journal as a
+/// saga whose actor stayed alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_saga_wakes_for_its_timeout_and_for_a_late_reply() {
+    let stack = Stack::new();
+    let sagas = sagas_dir_with(&stack, &[("timeout.yaml", SAGA)]);
+    let (_worker, log) = worker_logged(
+        &stack,
+        "w",
+        &[
+            ("SAGAS_DIR", sagas.to_str().unwrap()),
+            ("PARK_AFTER_MS", "50"),
+            ("RUST_LOG", "info,saga_runtime::supervisor=debug"),
+        ],
+    );
+    let js = stack.js().await;
+    wait_provisioned(&js).await;
+    let late = js.clone();
+    let participant = tokio::spawn(play_participant(
+        js.clone(),
+        Arc::new(
+            move |c: &pb::StepCommand| match (c.action.as_str(), c.attempt) {
+                ("doSlow", 1) => None, // silent: the 500ms timeout fires on a parked saga
+                ("doSlow", 2) => {
+                    // Answered 400 ms later, while the saga is parked again.
+                    let (js, c) = (late.clone(), c.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(400)).await;
+                        let reply = pb::StepReply {
+                            saga_id: c.saga_id.clone(),
+                            step: c.step.clone(),
+                            idempotency_key: c.idempotency_key.clone(),
+                            outcome: ok(),
+                            service: "slowsvc".into(),
+                            ..Default::default()
+                        };
+                        let msg = saga_participant::reply_message(&c, reply, &Default::default());
+                        NatsPublisher::new(js).publish(&msg).await.unwrap();
+                    });
+                    None
+                }
+                _ => ok(),
+            },
+        ),
+    ));
+    start_saga(&js, "TimeoutSaga", "pk-1", pb::Payload::default()).await;
+    let states = wait_terminal(
+        &js,
+        "TimeoutSaga",
+        &["pk-1".into()],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(states, [pb::SagaState::Completed]);
+    let log_of_saga = event_log(&journal(&js, "TimeoutSaga", "pk-1").await);
+    assert_eq!(
+        log_of_saga,
+        [
+            "SAGA_STARTED",
+            "STEP_STARTED Slow 1",
+            "STEP_TIMED_OUT Slow 1",
+            "RETRY_SCHEDULED Slow 2",
+            "STEP_STARTED Slow 2",
+            "STEP_SUCCEEDED Slow 2",
+            "STEP_STARTED Last 1",
+            "STEP_SUCCEEDED Last 1",
+            "SAGA_COMPLETED",
+        ]
+    );
+    // It was parked, and its timeout came from the wheel, not from a live actor.
+    let parked = log_lines(&log, "saga parked");
+    assert!(parked.len() >= 2, "parked {} times", parked.len());
+    assert!(!log_lines(&log, "deadline of a parked saga: resuming it").is_empty());
+    participant.abort();
+}
