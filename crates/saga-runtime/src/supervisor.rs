@@ -178,10 +178,9 @@ impl Actor for SagaSupervisor {
                     }
                     return Ok(());
                 }
-                // Its next input: the parked saga runs again.
-                st.unpark(&saga_id);
                 if matches!(input, Input::Start { .. })
                     && !st.children.contains_key(&saga_id)
+                    && !st.parked.contains_key(&saga_id)
                     && st.children.len() >= st.ctx.config.max_live_sagas
                 {
                     // Admission control: the sagas already running keep their replies
@@ -193,6 +192,9 @@ impl Actor for SagaSupervisor {
                     }
                     return Ok(());
                 }
+                // Its next input: a parked saga runs again (a start redelivered to a
+                // saga already running is no new saga for the admission control).
+                st.unpark(&saga_id);
                 let mut msg = SagaMsg::Input {
                     input,
                     delivery,
