@@ -179,6 +179,13 @@ impl Actor for SagaActor {
         }
         // An actor resumed with nothing to do stops (or parks) when idle, too.
         st.schedule_idle_check(&myself)?;
+        if st.resume {
+            // Through its restore: the supervisor may start the next queued resume.
+            if let Some(cell) = myself.try_get_supervisor() {
+                let _ =
+                    cell.send_message(crate::supervisor::SupervisorMsg::Restored(myself.get_id()));
+            }
+        }
         Ok(())
     }
 

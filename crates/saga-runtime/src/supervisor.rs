@@ -9,7 +9,7 @@
 //! an hour on a step timeout then costs a map entry instead of an actor, its mailboxes
 //! and a timer task.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -89,6 +89,9 @@ pub enum SupervisorMsg {
     WakeParked,
     /// `(live actors, parked sagas)`.
     Counts(RpcReplyPort<(usize, usize)>),
+    /// An actor started to resume its saga is through its restore: the next queued
+    /// resume may start.
+    Restored(ActorId),
 }
 
 /// The supervisor actor.
@@ -125,6 +128,13 @@ pub struct SupervisorState {
     wheel: BTreeSet<(tokio::time::Instant, SagaId)>,
     /// The earliest [`SupervisorMsg::WakeParked`] on its way.
     wake_scheduled: Option<tokio::time::Instant>,
+    /// Actors started to resume a saga whose restore is not through yet.
+    restoring: HashSet<ActorId>,
+    /// Resumes waiting for a restore slot: a takeover of many open sagas starts their
+    /// actors a few at a time instead of all at once, each then waiting for a restore
+    /// permit with its actor's memory held.
+    queued: VecDeque<(SagaId, String)>,
+    queued_ids: HashSet<SagaId>,
     restarts: HashMap<SagaId, Vec<Instant>>,
     total_restarts: u64,
     held: HashSet<u32>,
@@ -149,6 +159,9 @@ impl Actor for SagaSupervisor {
             parked: HashMap::new(),
             wheel: BTreeSet::new(),
             wake_scheduled: None,
+            restoring: HashSet::new(),
+            queued: VecDeque::new(),
+            queued_ids: HashSet::new(),
             restarts: HashMap::new(),
             total_restarts: 0,
             held: HashSet::new(),
@@ -222,9 +235,7 @@ impl Actor for SagaSupervisor {
             SupervisorMsg::Resume { saga_id, saga_type } => {
                 st.pending.remove(&saga_id);
                 st.unpark(&saga_id);
-                if st.holds(&saga_id) {
-                    st.child(&myself, &saga_id, &saga_type, true).await?;
-                }
+                st.resume(&myself, saga_id, saga_type).await?;
             }
             SupervisorMsg::Hold(partition) => {
                 st.held.insert(partition);
@@ -239,6 +250,10 @@ impl Actor for SagaSupervisor {
             } => {
                 st.held.remove(&partition);
                 st.pending
+                    .retain(|id| partition_of(id, partitions) != partition);
+                st.queued
+                    .retain(|(id, _)| partition_of(id, partitions) != partition);
+                st.queued_ids
                     .retain(|id| partition_of(id, partitions) != partition);
                 // Parked sagas of the partition are the next owner's: their state is
                 // in the journal, their deadlines in the last record.
@@ -283,9 +298,10 @@ impl Actor for SagaSupervisor {
                         && !st.children.contains_key(&saga_id)
                         && !st.parked.contains_key(&saga_id)
                         && !st.pending.contains(&saga_id)
+                        && !st.queued_ids.contains(&saga_id)
                     {
                         debug!(%saga_id, "open saga without an actor: resuming it");
-                        st.child(&myself, &saga_id, &saga_type, true).await?;
+                        st.resume(&myself, saga_id, saga_type).await?;
                         resumed += 1;
                     }
                 }
@@ -349,6 +365,11 @@ impl Actor for SagaSupervisor {
             SupervisorMsg::Counts(reply) => {
                 let _ = reply.send((st.children.len(), st.parked.len()));
             }
+            SupervisorMsg::Restored(actor) => {
+                if st.restoring.remove(&actor) {
+                    st.next_queued(&myself).await?;
+                }
+            }
         }
         Ok(())
     }
@@ -360,6 +381,14 @@ impl Actor for SagaSupervisor {
         evt: SupervisionEvent,
         st: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorTerminated(cell, ..)
+        | SupervisionEvent::ActorFailed(cell, _) = &evt
+        {
+            // A resume that ended before its restore frees its slot all the same.
+            if st.restoring.remove(&cell.get_id()) {
+                st.next_queued(&myself).await?;
+            }
+        }
         match evt {
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 if let Some(id) = st.by_actor.remove(&cell.get_id()) {
@@ -436,6 +465,9 @@ impl SupervisorState {
             due,
         };
         let (child, _) = Actor::spawn_linked(None, SagaActor, args, myself.get_cell()).await?;
+        if resume {
+            self.restoring.insert(child.get_id());
+        }
         self.by_actor.insert(child.get_id(), saga_id.clone());
         self.children.insert(
             saga_id.clone(),
@@ -446,6 +478,54 @@ impl SupervisorState {
             },
         );
         Ok(child)
+    }
+
+    /// Restore slots: actors resuming at once (twice the restore permits, so the next
+    /// restores are ready when permits free up).
+    fn restore_slots(&self) -> usize {
+        self.ctx.config.max_concurrent_restores.max(1) * 2
+    }
+
+    /// Starts an actor to resume a held saga that has none, or queues the resume while
+    /// every restore slot is taken.
+    async fn resume(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        saga_id: SagaId,
+        saga_type: String,
+    ) -> Result<(), ActorProcessingErr> {
+        if !self.holds(&saga_id) || self.children.contains_key(&saga_id) {
+            return Ok(());
+        }
+        if self.restoring.len() >= self.restore_slots() {
+            if self.queued_ids.insert(saga_id.clone()) {
+                self.queued.push_back((saga_id, saga_type));
+            }
+            return Ok(());
+        }
+        self.child(myself, &saga_id, &saga_type, true).await?;
+        Ok(())
+    }
+
+    /// Starts queued resumes while restore slots are free.
+    async fn next_queued(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        while self.restoring.len() < self.restore_slots() {
+            let Some((saga_id, saga_type)) = self.queued.pop_front() else {
+                return Ok(());
+            };
+            self.queued_ids.remove(&saga_id);
+            // An input may have started its actor meanwhile; a parked saga had one.
+            if self.holds(&saga_id)
+                && !self.children.contains_key(&saga_id)
+                && !self.parked.contains_key(&saga_id)
+            {
+                self.child(myself, &saga_id, &saga_type, true).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Takes a saga out of the parked ones (it runs again, or is no longer held).

@@ -1174,3 +1174,40 @@ async fn a_parked_saga_is_resumed_at_its_step_timeout() {
     }
     worker.shutdown(Duration::from_secs(1)).await;
 }
+
+/// A takeover of more open sagas than restore slots starts their actors a few at a time
+/// (`max_concurrent_restores` 1: two slots), and every saga is resumed and finishes.
+#[tokio::test]
+async fn a_takeover_of_more_sagas_than_restore_slots_resumes_every_one() {
+    let (mut rig, consumer) = rig(Arc::new(MemoryStore::default()));
+    rig.ctx.config.max_concurrent_restores = 1;
+    rig.ctx.limits = Limits::new(&rig.ctx.config);
+    let worker = Worker::start(rig.ctx.clone(), vec![(0, Box::new(consumer))])
+        .await
+        .unwrap();
+    let ids: Vec<String> = (0..7).map(|i| format!("q-{i}")).collect();
+    for id in &ids {
+        rig.start(id);
+    }
+    wait_for("every first command", || {
+        rig.publisher.on("saga.cmd.").len() >= ids.len()
+    })
+    .await;
+    worker.release(0, Duration::from_secs(1)).await;
+    assert_eq!(worker.live_sagas().await, 0);
+
+    let (feed, consumer) = memory_consumer();
+    rig.feed = feed;
+    assert_eq!(
+        worker.acquire(0, Box::new(consumer)).await.unwrap(),
+        ids.len()
+    );
+    for id in &ids {
+        assert_eq!(
+            rig.run_until_terminal(id, &ok).await,
+            SagaStatus::Completed,
+            "{id}"
+        );
+    }
+    worker.shutdown(Duration::from_secs(1)).await;
+}
