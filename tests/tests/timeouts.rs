@@ -24,6 +24,19 @@ const SAGA: &str = "saga:
       timeout: 2s
 ";
 
+/// The journal of a `TimeoutSaga` whose first attempt at `Slow` timed out.
+const RETRIED_ONCE_THEN_COMPLETED: [&str; 9] = [
+    "SAGA_STARTED",
+    "STEP_STARTED Slow 1",
+    "STEP_TIMED_OUT Slow 1",
+    "RETRY_SCHEDULED Slow 2",
+    "STEP_STARTED Slow 2",
+    "STEP_SUCCEEDED Slow 2",
+    "STEP_STARTED Last 1",
+    "STEP_SUCCEEDED Last 1",
+    "SAGA_COMPLETED",
+];
+
 /// Decides the reply to a command; `None` stays silent.
 type Decide = Arc<dyn Fn(&pb::StepCommand) -> Option<pb::step_reply::Outcome> + Send + Sync>;
 
@@ -80,18 +93,7 @@ async fn a_timed_out_step_is_retried_with_backoff_and_succeeds() {
     let states = wait_terminal(&js, "TimeoutSaga", &["t-1".into()], Duration::from_secs(30)).await;
     assert_eq!(states, [pb::SagaState::Completed]);
     let log = event_log(&journal(&js, "TimeoutSaga", "t-1").await);
-    let want = [
-        "SAGA_STARTED",
-        "STEP_STARTED Slow 1",
-        "STEP_TIMED_OUT Slow 1",
-        "RETRY_SCHEDULED Slow 2",
-        "STEP_STARTED Slow 2",
-        "STEP_SUCCEEDED Slow 2",
-        "STEP_STARTED Last 1",
-        "STEP_SUCCEEDED Last 1",
-        "SAGA_COMPLETED",
-    ];
-    assert_eq!(log, want);
+    assert_eq!(log, RETRIED_ONCE_THEN_COMPLETED);
     // The backoff recorded is the policy's first delay (jitter 0).
     let j = journal(&js, "TimeoutSaga", "t-1").await;
     let delay = j
@@ -300,20 +302,7 @@ async fn a_parked_saga_wakes_for_its_timeout_and_for_a_late_reply() {
     .await;
     assert_eq!(states, [pb::SagaState::Completed]);
     let log_of_saga = event_log(&journal(&js, "TimeoutSaga", "pk-1").await);
-    assert_eq!(
-        log_of_saga,
-        [
-            "SAGA_STARTED",
-            "STEP_STARTED Slow 1",
-            "STEP_TIMED_OUT Slow 1",
-            "RETRY_SCHEDULED Slow 2",
-            "STEP_STARTED Slow 2",
-            "STEP_SUCCEEDED Slow 2",
-            "STEP_STARTED Last 1",
-            "STEP_SUCCEEDED Last 1",
-            "SAGA_COMPLETED",
-        ]
-    );
+    assert_eq!(log_of_saga, RETRIED_ONCE_THEN_COMPLETED);
     // It was parked, and its timeout came from the wheel, not from a live actor.
     let parked = log_lines(&log, "saga parked");
     assert!(parked.len() >= 2, "parked {} times", parked.len());

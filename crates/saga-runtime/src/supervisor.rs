@@ -248,28 +248,22 @@ impl Actor for SagaSupervisor {
                 partitions,
                 reply,
             } => {
+                let theirs = |id: &SagaId| partition_of(id, partitions) == partition;
                 st.held.remove(&partition);
-                st.pending
-                    .retain(|id| partition_of(id, partitions) != partition);
-                st.queued
-                    .retain(|(id, _)| partition_of(id, partitions) != partition);
-                st.queued_ids
-                    .retain(|id| partition_of(id, partitions) != partition);
+                st.pending.retain(|id| !theirs(id));
+                st.queued.retain(|(id, _)| !theirs(id));
+                st.queued_ids.retain(|id| !theirs(id));
                 // Parked sagas of the partition are the next owner's: their state is
                 // in the journal, their deadlines in the last record.
-                let parked: Vec<SagaId> = st
-                    .parked
-                    .keys()
-                    .filter(|id| partition_of(id, partitions) == partition)
-                    .cloned()
-                    .collect();
+                let parked: Vec<SagaId> =
+                    st.parked.keys().filter(|id| theirs(id)).cloned().collect();
                 for id in parked {
                     st.unpark(&id);
                 }
                 let ids: Vec<SagaId> = st
                     .children
                     .keys()
-                    .filter(|id| partition_of(id, partitions) == partition)
+                    .filter(|id| theirs(id))
                     .cloned()
                     .collect();
                 let mut actors = Vec::new();
