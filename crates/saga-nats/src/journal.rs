@@ -170,6 +170,28 @@ impl Journal for NatsJournal {
             }
         }
     }
+
+    /// One batched direct get of up to `max` records (at most [`READ_BATCH`]): the whole
+    /// journal if nothing is pending after them.
+    async fn read_short(
+        &self,
+        saga_type: &str,
+        saga_id: &str,
+        max: usize,
+    ) -> Result<Option<Vec<JournalRecord>>, PortError> {
+        if max > READ_BATCH {
+            let records = self.read(saga_type, saga_id).await?;
+            return Ok((records.len() <= max).then_some(records));
+        }
+        let subject = checked_subject(saga_type, saga_id)?;
+        let request = serde_json::json!({
+            "seq": 1,
+            "next_by_subj": subject,
+            "batch": max.max(1),
+        });
+        let (records, more) = self.direct_batch(&subject, &request).await?;
+        Ok((!more && records.len() <= max).then_some(records))
+    }
 }
 
 /// Records asked for in one batched direct get.

@@ -192,6 +192,19 @@ pub trait Journal: Send + Sync + 'static {
         saga_type: &str,
         saga_id: &str,
     ) -> Result<Option<JournalRecord>, PortError>;
+
+    /// The saga's whole journal when it has at most `max` records (`Some`, oldest
+    /// first, empty when it has none), else `None`: one read where [`Journal::last`]
+    /// then [`Journal::read`] would be two, for the short journals most sagas have.
+    async fn read_short(
+        &self,
+        saga_type: &str,
+        saga_id: &str,
+        max: usize,
+    ) -> Result<Option<Vec<JournalRecord>>, PortError> {
+        let records = self.read(saga_type, saga_id).await?;
+        Ok((records.len() <= max).then_some(records))
+    }
 }
 
 /// A message received from a durable consumer.

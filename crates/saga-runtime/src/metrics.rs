@@ -45,6 +45,9 @@ pub const COMPENSATION_ATTEMPT_FAILURES: &str = "saga_compensation_attempt_failu
 pub const ACTORS_ALIVE: &str = "saga_actors_alive";
 /// Gauge: open sagas parked without an actor until their next input or deadline.
 pub const PARKED_SAGAS: &str = "saga_parked_sagas";
+/// Sagas this worker restored from their journal (a takeover, a restart, an input for a
+/// saga its store does not hold), by `saga_type`.
+pub const RESTORED: &str = "saga_restored_total";
 /// Saga actors restarted after a failure since the worker started.
 pub const ACTOR_RESTARTS: &str = "saga_actor_restarts_total";
 /// Age of the oldest transition whose outbox is not published yet.
@@ -98,6 +101,10 @@ pub fn describe() {
             PARKED_SAGAS,
             "Open sagas of this worker parked without an actor until their next input or deadline."
         );
+        describe_counter!(
+            RESTORED,
+            "Sagas restored from their journal (takeover, restart, an input for a saga the local store does not hold), by saga type."
+        );
         describe_counter!(ACTOR_RESTARTS, "Saga actors restarted by the supervisor after a failure.");
         describe_gauge!(
             OUTBOX_LAG,
@@ -108,6 +115,12 @@ pub fn describe() {
         describe_gauge!(PAST_DEADLINE, "Open sagas of this worker whose deadline has passed.");
         describe_gauge!(OPEN_SAGAS, "Open (non-terminal) sagas held by this worker.");
     });
+}
+
+/// One saga restored from its journal.
+pub(crate) fn restored(saga_type: &str) {
+    describe();
+    counter!(RESTORED, "saga_type" => saga_type.to_owned()).increment(1);
 }
 
 /// Records what a stored journal record says happened. `def` and `state` are the saga's

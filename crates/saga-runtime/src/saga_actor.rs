@@ -916,14 +916,43 @@ impl SagaActorState {
         if self.def.is_none() {
             return Ok(None);
         }
-        let _permit = self.ctx.limits.restores.acquire().await;
-        let Some(last) = self
-            .ctx
-            .journal
-            .last(&self.saga_type, self.saga_id.as_str())
-            .await?
-        else {
-            return Ok(None);
+        let permit = self.ctx.limits.restores.acquire().await;
+        // A journal short enough to be checked is read whole at once (its last record is
+        // the one restored); a longer one only at its end.
+        let max = self.ctx.config.verify_replay_max_records;
+        let (records, last) = match max {
+            0 => (None, None),
+            _ => match self
+                .ctx
+                .journal
+                .read_short(
+                    &self.saga_type,
+                    self.saga_id.as_str(),
+                    usize::try_from(max).unwrap_or(usize::MAX),
+                )
+                .await?
+            {
+                Some(records) => {
+                    let last = records.last().cloned();
+                    match last {
+                        Some(last) => (Some(records), Some(last)),
+                        None => return Ok(None),
+                    }
+                }
+                None => (None, None),
+            },
+        };
+        let last = match last {
+            Some(last) => last,
+            None => match self
+                .ctx
+                .journal
+                .last(&self.saga_type, self.saga_id.as_str())
+                .await?
+            {
+                Some(last) => last,
+                None => return Ok(None),
+            },
         };
         let bad = |why: String| RuntimeError::Journal {
             saga_id: self.saga_id.to_string(),
@@ -944,13 +973,13 @@ impl SagaActorState {
         let verify = record.version <= self.ctx.config.verify_replay_max_records;
         let snapshot = match record.snapshot {
             Some(s) if verify => {
-                let (replayed, diverged) = self.replay(&def).await?;
+                let (replayed, diverged) = self.replay(&def, records).await?;
                 self.diverged = diverged.or_else(|| same_state(&replayed.state, &s.state));
                 s
             }
             Some(s) => s,
             None => {
-                let (s, diverged) = self.replay(&def).await?;
+                let (s, diverged) = self.replay(&def, records).await?;
                 self.diverged = diverged;
                 s
             }
@@ -965,7 +994,21 @@ impl SagaActorState {
         } else {
             Vec::new()
         };
-        debug!(saga_id = %self.saga_id, version = snapshot.state.version, republish = outbox.len(), "restored from the journal");
+        drop(permit);
+        // Published before the local commit, which then holds no outbox: one local write
+        // instead of one more per message. A crash in between publishes them again at
+        // the next restore (deduplicated, as any republish). The first one not published
+        // at once, and those after it, go through the outbox and the relay, which
+        // retries and answers a refused command.
+        let mut outbox = outbox.into_iter().peekable();
+        while let Some(item) = outbox.peek() {
+            if !self.publish_once(item, &snapshot.state).await {
+                break;
+            }
+            outbox.next();
+        }
+        let outbox: Vec<OutboxItem> = outbox.collect();
+        debug!(saga_id = %self.saga_id, version = snapshot.state.version, unpublished = outbox.len(), "restored from the journal");
         let commit = Commit {
             saga: StoredSaga {
                 state: snapshot.state,
@@ -975,26 +1018,70 @@ impl SagaActorState {
             outbox,
         };
         self.ctx.store.commit(&commit)?;
+        crate::metrics::restored(&self.saga_type);
         Ok(Some(commit.saga))
+    }
+
+    /// One attempt to publish a message of a restored saga, outside its outbox: `true`
+    /// when the broker stored it (or had it already).
+    async fn publish_once(&self, item: &OutboxItem, state: &SagaState) -> bool {
+        let id = self.saga_id.as_str();
+        let result = match item {
+            OutboxItem::Message(msg) => {
+                let (traced, span) = trace::publish(msg, Some(state), self.trace.as_deref());
+                self.ctx
+                    .publisher
+                    .publish(&traced)
+                    .instrument(span)
+                    .await
+                    .map(drop)
+            }
+            OutboxItem::Event(msg) => {
+                let (traced, span) = trace::publish(msg, Some(state), self.trace.as_deref());
+                self.ctx
+                    .publisher
+                    .publish_new(&traced)
+                    .instrument(span)
+                    .await
+                    .map(drop)
+            }
+            OutboxItem::Close { partition } => {
+                self.ctx.open.close(*partition, &self.saga_type, id).await
+            }
+            OutboxItem::Open { .. } | OutboxItem::Journal(_) => return false,
+        };
+        match result {
+            Ok(_) => true,
+            Err(e) => {
+                debug!(saga_id = %id, error = %e, "republish left to the relay");
+                false
+            }
+        }
     }
 
     /// Replays every record through the state machine and compares the events it gives
     /// with the journalled ones (journals written before records carried snapshots are
     /// rebuilt so; later ones are checked so). The first mismatch is returned: the
     /// definition or the code changed under the saga, and going on would diverge.
+    /// `records`: the whole journal when it was read already.
     async fn replay(
         &self,
         def: &Arc<SagaDefinition>,
+        records: Option<Vec<saga_ports::JournalRecord>>,
     ) -> Result<(saga_ports::Snapshot, Option<String>), RuntimeError> {
         let bad = |why: String| RuntimeError::Journal {
             saga_id: self.saga_id.to_string(),
             why,
         };
-        let records = self
-            .ctx
-            .journal
-            .read(&self.saga_type, self.saga_id.as_str())
-            .await?;
+        let records = match records {
+            Some(records) => records,
+            None => {
+                self.ctx
+                    .journal
+                    .read(&self.saga_type, self.saga_id.as_str())
+                    .await?
+            }
+        };
         let mut snapshot: Option<saga_ports::Snapshot> = None;
         let mut diverged = None;
         // The version each record was applied on: the saga's first, then the one each
