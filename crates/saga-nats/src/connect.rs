@@ -258,9 +258,9 @@ pub async fn connect_with(
         .name(name)
         .connection_timeout(Duration::from_secs(5))
         .max_reconnects(None)
-        .reconnect_delay_callback(|attempts| {
-            Duration::from_millis((attempts as u64).saturating_mul(100).min(5_000))
-        })
+        // The client counts its first connection as attempt 1: no wait before it (nor
+        // before the first reconnect), then 100 ms more per failed attempt, up to 5 s.
+        .reconnect_delay_callback(reconnect_delay)
         .event_callback(|event| async move {
             match event {
                 Event::Connected => tracing::info!("connected to NATS"),
@@ -281,9 +281,23 @@ pub async fn connect_with(
         })
 }
 
+/// Wait before connection attempt `attempts` (1 for the first of a series).
+fn reconnect_delay(attempts: usize) -> Duration {
+    let failed = attempts.saturating_sub(1) as u64;
+    Duration::from_millis(failed.saturating_mul(100).min(5_000))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_attempt_does_not_wait_and_later_ones_back_off() {
+        assert_eq!(reconnect_delay(1), Duration::ZERO);
+        assert_eq!(reconnect_delay(2), Duration::from_millis(100));
+        assert_eq!(reconnect_delay(4), Duration::from_millis(300));
+        assert_eq!(reconnect_delay(1_000), Duration::from_secs(5));
+    }
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> Result<Security, NatsError> {

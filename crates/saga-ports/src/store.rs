@@ -106,6 +106,20 @@ pub trait SagaStore: Send + Sync + 'static {
         journal_sequence: Option<u64>,
     ) -> Result<(), StoreError>;
 
+    /// Removes several published outbox entries of one saga at once; a journal append
+    /// among them records the sequence it got. The default removes them one by one.
+    fn outbox_done_all(
+        &self,
+        saga_id: &str,
+        positions: &[u64],
+        journal_sequence: Option<u64>,
+    ) -> Result<(), StoreError> {
+        for position in positions {
+            self.outbox_done(saga_id, *position, journal_sequence)?;
+        }
+        Ok(())
+    }
+
     /// Drops the local copy of a saga (state and outbox): it is stale (another worker
     /// moved it on, or a transition was fenced), unreadable, or finished; the journal
     /// is the truth and the saga is rebuilt from it when needed.

@@ -805,13 +805,32 @@ impl SagaActorState {
     /// the broker stored it.
     async fn relay(&mut self) -> Result<(), RuntimeError> {
         let id = self.saga_id.to_string();
+        // What was published is removed from the outbox in one local write at the end
+        // (or at the first failure): an entry published again after a crash before it is
+        // recognised as any republish (message ids, the journal's last record).
+        let mut done = Vec::new();
+        let mut sequence = None;
+        let result = self.relay_entries(&id, &mut done, &mut sequence).await;
+        if !done.is_empty() && !self.fenced {
+            self.ctx.store.outbox_done_all(&id, &done, sequence)?;
+        }
+        result
+    }
+
+    async fn relay_entries(
+        &mut self,
+        id: &str,
+        done: &mut Vec<u64>,
+        sequence: &mut Option<u64>,
+    ) -> Result<(), RuntimeError> {
+        let id = id.to_string();
         for entry in self.ctx.store.outbox(&id)? {
             match &entry.item {
                 OutboxItem::Open { partition } => {
                     let open = self.ctx.open.clone();
                     let (p, t) = (*partition, self.saga_type.clone());
                     patiently(&self.ctx, || open.open(p, &t, &id)).await?;
-                    self.ctx.store.outbox_done(&id, entry.position, None)?;
+                    done.push(entry.position);
                 }
                 OutboxItem::Journal(append) => {
                     let expected = self.stored.as_ref().map_or(0, |s| s.journal_sequence);
@@ -840,9 +859,8 @@ impl SagaActorState {
                     };
                     match result {
                         Ok(ack) => {
-                            self.ctx
-                                .store
-                                .outbox_done(&id, entry.position, Some(ack.sequence))?;
+                            done.push(entry.position);
+                            *sequence = Some(ack.sequence);
                             if let Some(s) = self.stored.as_mut() {
                                 s.journal_sequence = ack.sequence;
                             }
@@ -885,7 +903,7 @@ impl SagaActorState {
                         },
                         Err(e) => return Err(e.into()),
                     }
-                    self.ctx.store.outbox_done(&id, entry.position, None)?;
+                    done.push(entry.position);
                 }
                 OutboxItem::Event(msg) => {
                     let publisher = self.ctx.publisher.clone();
@@ -894,13 +912,13 @@ impl SagaActorState {
                     patiently(&self.ctx, || publisher.publish_new(&traced))
                         .instrument(span)
                         .await?;
-                    self.ctx.store.outbox_done(&id, entry.position, None)?;
+                    done.push(entry.position);
                 }
                 OutboxItem::Close { partition } => {
                     let open = self.ctx.open.clone();
                     let (p, t) = (*partition, self.saga_type.clone());
                     patiently(&self.ctx, || open.close(p, &t, &id)).await?;
-                    self.ctx.store.outbox_done(&id, entry.position, None)?;
+                    done.push(entry.position);
                 }
             }
         }

@@ -322,13 +322,28 @@ impl SagaStore for SledStore {
         position: u64,
         journal_sequence: Option<u64>,
     ) -> Result<(), StoreError> {
+        self.outbox_done_all(saga_id, &[position], journal_sequence)
+    }
+
+    /// One transaction for all of them.
+    fn outbox_done_all(
+        &self,
+        saga_id: &str,
+        positions: &[u64],
+        journal_sequence: Option<u64>,
+    ) -> Result<(), StoreError> {
         let i = &self.inner;
-        let key = outbox_key(saga_id, position);
+        let keys: Vec<Vec<u8>> = positions.iter().map(|p| outbox_key(saga_id, *p)).collect();
+        let Some(first) = keys.first() else {
+            return Ok(());
+        };
         let saga_key = saga_id.as_bytes();
         tx_result(
-            &at(OUTBOX, &key),
+            &at(OUTBOX, first),
             (&i.sagas, &i.outbox).transaction(|(sagas, outbox)| {
-                outbox.remove(key.as_slice())?;
+                for key in &keys {
+                    outbox.remove(key.as_slice())?;
+                }
                 if let Some(sequence) = journal_sequence {
                     if let Some(v) = sagas.get(saga_key)? {
                         let mut saga = self.load_saga(saga_key, &v).map_err(abort)?;

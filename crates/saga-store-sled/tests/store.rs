@@ -165,6 +165,56 @@ async fn outbox_is_ordered_and_done_entries_leave_it() {
 }
 
 #[tokio::test]
+async fn a_relayed_outbox_leaves_in_one_write_and_a_commit_without_outbox_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let s = saga("order", SagaStatus::Running, 1);
+    store
+        .commit(&commit(
+            s.clone(),
+            vec![journal("order", 1), message("cmd.a"), message("cmd.b")],
+        ))
+        .unwrap();
+    store
+        .commit(&commit(
+            saga("order-2", SagaStatus::Running, 1),
+            vec![message("x")],
+        ))
+        .unwrap();
+
+    store.outbox_done_all("order", &[1, 2], Some(21)).unwrap();
+    assert_eq!(positions(&store.outbox("order").unwrap()), [3]);
+    assert_eq!(store.load("order").unwrap().unwrap().journal_sequence, 21);
+    assert_eq!(
+        positions(&store.outbox("order-2").unwrap()),
+        [4],
+        "another saga's outbox"
+    );
+    // Nothing given: nothing written.
+    store.outbox_done_all("order", &[], Some(99)).unwrap();
+    assert_eq!(store.load("order").unwrap().unwrap().journal_sequence, 21);
+
+    // A restored copy, its messages already published: the saga is replaced, and what
+    // was left in its outbox stays there.
+    let mut restored = saga("order", SagaStatus::Running, 2);
+    restored.journal_sequence = 30;
+    assert!(store
+        .commit(&commit(restored, Vec::new()))
+        .unwrap()
+        .is_empty());
+    let loaded = store.load("order").unwrap().unwrap();
+    assert_eq!((loaded.state.version, loaded.journal_sequence), (2, 30));
+    assert_eq!(positions(&store.outbox("order").unwrap()), [3]);
+
+    // Both survive a reopen once flushed.
+    store.flush().await.unwrap();
+    drop(store);
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(store.load("order").unwrap().unwrap().journal_sequence, 30);
+    assert_eq!(positions(&store.outbox("order").unwrap()), [3]);
+}
+
+#[tokio::test]
 async fn active_is_what_a_restart_must_resume() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
