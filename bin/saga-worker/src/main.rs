@@ -6,6 +6,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// mimalloc rather than glibc's allocator: a restore and a transition allocate many small
+/// short-lived buffers on two tokio threads, and glibc's malloc and free were a sixth of
+/// the worker's CPU during a takeover (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
 use saga_core::definition::SagaDefinition;
