@@ -823,13 +823,12 @@ impl SagaActorState {
         done: &mut Vec<u64>,
         sequence: &mut Option<u64>,
     ) -> Result<(), RuntimeError> {
-        let id = id.to_string();
-        for entry in self.ctx.store.outbox(&id)? {
+        for entry in self.ctx.store.outbox(id)? {
             match &entry.item {
                 OutboxItem::Open { partition } => {
                     let open = self.ctx.open.clone();
                     let (p, t) = (*partition, self.saga_type.clone());
-                    patiently(&self.ctx, || open.open(p, &t, &id)).await?;
+                    patiently(&self.ctx, || open.open(p, &t, id)).await?;
                     done.push(entry.position);
                 }
                 OutboxItem::Journal(append) => {
@@ -841,7 +840,7 @@ impl SagaActorState {
                         // A retry recognised by its message id: the saga's journal must
                         // still end with it, or this actor holds a copy behind it.
                         Ok(ack) if ack.duplicate => {
-                            match self.ctx.journal.last(&self.saga_type, &id).await? {
+                            match self.ctx.journal.last(&self.saga_type, id).await? {
                                 Some(last) if last.sequence != ack.sequence => {
                                     Err(PortError::Fenced {
                                         subject: format!("saga.journal.{}.{id}", self.saga_type),
@@ -877,7 +876,7 @@ impl SagaActorState {
                             warn!(saga_id = %id, error = %e, "the journal moved on without this actor: dropping its copy");
                             self.stored = None;
                             self.fenced = true;
-                            self.ctx.store.forget(&id)?;
+                            self.ctx.store.forget(id)?;
                             return Err(e.into());
                         }
                         Err(e) => return Err(e.into()),
@@ -917,7 +916,7 @@ impl SagaActorState {
                 OutboxItem::Close { partition } => {
                     let open = self.ctx.open.clone();
                     let (p, t) = (*partition, self.saga_type.clone());
-                    patiently(&self.ctx, || open.close(p, &t, &id)).await?;
+                    patiently(&self.ctx, || open.close(p, &t, id)).await?;
                     done.push(entry.position);
                 }
             }
@@ -938,39 +937,17 @@ impl SagaActorState {
         // A journal short enough to be checked is read whole at once (its last record is
         // the one restored); a longer one only at its end.
         let max = self.ctx.config.verify_replay_max_records;
-        let (records, last) = match max {
-            0 => (None, None),
-            _ => match self
-                .ctx
-                .journal
-                .read_short(
-                    &self.saga_type,
-                    self.saga_id.as_str(),
-                    usize::try_from(max).unwrap_or(usize::MAX),
-                )
-                .await?
-            {
-                Some(records) => {
-                    let last = records.last().cloned();
-                    match last {
-                        Some(last) => (Some(records), Some(last)),
-                        None => return Ok(None),
-                    }
-                }
-                None => (None, None),
-            },
+        let (saga_type, saga_id) = (&self.saga_type, self.saga_id.as_str());
+        let records = match usize::try_from(max).unwrap_or(usize::MAX) {
+            0 => None,
+            max => self.ctx.journal.read_short(saga_type, saga_id, max).await?,
         };
-        let last = match last {
-            Some(last) => last,
-            None => match self
-                .ctx
-                .journal
-                .last(&self.saga_type, self.saga_id.as_str())
-                .await?
-            {
-                Some(last) => last,
-                None => return Ok(None),
-            },
+        let last = match &records {
+            Some(records) => records.last().cloned(),
+            None => self.ctx.journal.last(saga_type, saga_id).await?,
+        };
+        let Some(last) = last else {
+            return Ok(None);
         };
         let bad = |why: String| RuntimeError::Journal {
             saga_id: self.saga_id.to_string(),
