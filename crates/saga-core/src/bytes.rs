@@ -32,14 +32,17 @@ impl<'de> Visitor<'de> for BytesVisitor {
     }
 }
 
-pub(crate) mod b64 {
+/// `#[serde(with = "saga_core::bytes::b64")]` on a `Vec<u8>`.
+pub mod b64 {
     use super::*;
 
-    pub(crate) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    /// Base64 text.
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&STANDARD.encode(v))
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    /// Base64 text or an array of numbers.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         d.deserialize_any(BytesVisitor)
     }
 }

@@ -7,7 +7,7 @@
 //! executes elsewhere; time and randomness come in as arguments.
 
 pub mod breaker;
-mod bytes;
+pub mod bytes;
 pub mod catalog;
 pub mod clock;
 pub mod definition;

@@ -37,6 +37,6 @@ pub mod workers;
 
 pub use error::GatewayError;
 pub use follow::{rebuild_projection, RebuildStats};
-pub use projection::{ListFilter, Page, Projection};
+pub use projection::{ListFilter, Page, Projection, Subscription};
 pub use server::{serve, serve_on, GatewayConfig, Security, TlsPem};
 pub use service::{GatewayService, DEFAULT_CANCEL_REASON, ORDER_SAGA};

@@ -36,11 +36,11 @@
 //! rather than a partial or stale answer. The `rebuilding` mark is persisted, so a
 //! gateway stopped in the middle goes on with the rebuild when it starts again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use saga_core::ids::stable_hash;
 use saga_core::{SagaDefinition, SagaId, Timestamp};
@@ -58,8 +58,9 @@ const FORMAT_VERSION: u8 = 1;
 const REBUILDING: &[u8] = b"rebuilding";
 /// Target of a rebuild whose journal position is not known yet.
 const UNKNOWN_TARGET: u64 = u64::MAX;
-/// Changes kept for slow watchers before they must re-read (see [`Projection::subscribe`]).
-const CHANGES_CAPACITY: usize = 1024;
+/// Changes of one saga kept for a slow watcher before it must re-read (see
+/// [`Projection::subscribe`]).
+const CHANGES_CAPACITY: usize = 64;
 const TOKEN_VERSION: u8 = 1;
 
 /// Filters of [`Projection::list`].
@@ -103,8 +104,8 @@ pub struct Page {
 
 /// The read model of `SAGA_JOURNAL` (see the module docs for the layout).
 ///
-/// Cheap to share behind an `Arc`; every method is safe to call concurrently. Changes are
-/// broadcast to [`subscribe`](Self::subscribe)rs after they are committed.
+/// Cheap to share behind an `Arc`; every method is safe to call concurrently. A saga's
+/// changes are sent to its [`subscribe`](Self::subscribe)rs after they are committed.
 #[derive(Debug)]
 pub struct Projection {
     dir: PathBuf,
@@ -115,8 +116,79 @@ pub struct Projection {
     meta: Tree,
     /// Step names by saga type, for the NOT_STARTED steps of a new view.
     steps: BTreeMap<String, Vec<String>>,
-    changes: broadcast::Sender<Arc<pb::Saga>>,
+    watchers: Watchers,
     rebuild: Rebuild,
+}
+
+/// One channel per watched saga: a change wakes only the watchers of its saga (with one
+/// channel for all, each of N watchers woke for every change of every saga).
+#[derive(Debug, Clone, Default)]
+struct Watchers(Arc<Mutex<HashMap<String, broadcast::Sender<Arc<pb::Saga>>>>>);
+
+impl Watchers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, broadcast::Sender<Arc<pb::Saga>>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn subscribe(&self, id: &SagaId) -> Subscription {
+        let receiver = self
+            .lock()
+            .entry(id.as_str().to_owned())
+            .or_insert_with(|| broadcast::channel(CHANGES_CAPACITY).0)
+            .subscribe();
+        Subscription {
+            id: id.as_str().to_owned(),
+            receiver: Some(receiver),
+            watchers: self.clone(),
+        }
+    }
+
+    /// Sends `saga` to its watchers, if it has any (no copy is made otherwise).
+    fn send(&self, saga: &pb::Saga) {
+        if let Some(sender) = self.lock().get(&saga.saga_id) {
+            let _ = sender.send(Arc::new(saga.clone()));
+        }
+    }
+}
+
+/// The changes of one saga, from [`Projection::subscribe`]; leaves the registry when
+/// dropped.
+#[derive(Debug)]
+pub struct Subscription {
+    id: String,
+    receiver: Option<broadcast::Receiver<Arc<pb::Saga>>>,
+    watchers: Watchers,
+}
+
+impl Subscription {
+    /// The next change of the saga. `Lagged` when more than 64 of its changes came
+    /// since the last one received: re-read what you follow.
+    pub async fn recv(&mut self) -> Result<Arc<pb::Saga>, broadcast::error::RecvError> {
+        match &mut self.receiver {
+            Some(r) => r.recv().await,
+            None => Err(broadcast::error::RecvError::Closed),
+        }
+    }
+
+    /// The next change if one is waiting.
+    pub fn try_recv(&mut self) -> Result<Arc<pb::Saga>, broadcast::error::TryRecvError> {
+        match &mut self.receiver {
+            Some(r) => r.try_recv(),
+            None => Err(broadcast::error::TryRecvError::Closed),
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        // Under the registry's lock, so that a watcher subscribing now finds either the
+        // channel with its receivers or none.
+        let mut map = self.watchers.lock();
+        drop(self.receiver.take());
+        if map.get(&self.id).is_some_and(|s| s.receiver_count() == 0) {
+            map.remove(&self.id);
+        }
+    }
 }
 
 /// A rebuild from the journal under way (see the module docs, "Corruption").
@@ -217,7 +289,7 @@ impl Projection {
             index,
             meta,
             steps,
-            changes: broadcast::channel(CHANGES_CAPACITY).0,
+            watchers: Watchers::default(),
             rebuild: Rebuild {
                 active: AtomicBool::new(rebuilding),
                 target: AtomicU64::new(UNKNOWN_TARGET),
@@ -314,10 +386,15 @@ impl Projection {
         &self.dir
     }
 
-    /// Receives every view change after it is committed. A receiver that falls more than
-    /// 1024 changes behind gets `Lagged` and must re-read what it follows.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<pb::Saga>> {
-        self.changes.subscribe()
+    /// Receives every change of saga `id`'s view after it is committed. A subscription
+    /// that falls more than 64 changes behind gets `Lagged` and must re-read the saga.
+    pub fn subscribe(&self, id: &SagaId) -> Subscription {
+        self.watchers.subscribe(id)
+    }
+
+    /// Sagas with at least one subscription.
+    pub fn watched(&self) -> usize {
+        self.watchers.lock().len()
     }
 
     /// The last `SAGA_JOURNAL` stream sequence applied (0: none).
@@ -407,7 +484,7 @@ impl Projection {
         match existing {
             Some(raw) => decode_saga(saga_id.as_str(), &raw),
             None => {
-                let _ = self.changes.send(Arc::new(fresh.clone()));
+                self.watchers.send(&fresh);
                 Ok(fresh)
             }
         }
@@ -515,7 +592,7 @@ impl Projection {
             }
         })?;
         if let Some(saga) = &changed {
-            let _ = self.changes.send(Arc::new(saga.clone()));
+            self.watchers.send(saga);
         }
         Ok(changed)
     }
@@ -815,7 +892,8 @@ mod tests {
     fn records_apply_once_with_the_checkpoint_and_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let p = open(dir.path());
-        let mut changes = p.subscribe();
+        let mut changes = p.subscribe(&id("a"));
+        let mut others = p.subscribe(&id("b"));
         let pending = p.record_pending(&id("a"), "OrderCheckout", 1_000).unwrap();
         assert_eq!(pending.state(), pb::SagaState::Pending);
         assert_eq!(pending.steps.len(), 3);
@@ -829,6 +907,15 @@ mod tests {
         assert_eq!(p.apply(2, &v1).unwrap(), None);
         assert_eq!(p.checkpoint().unwrap(), 2);
         assert!(changes.try_recv().is_err());
+        // A watcher of another saga is not woken by these changes, and a saga's channel
+        // leaves with its last subscription.
+        assert!(others.try_recv().is_err());
+        assert_eq!(p.watched(), 2);
+        let second = p.subscribe(&id("a"));
+        drop(changes);
+        assert_eq!(p.watched(), 2);
+        drop((second, others));
+        assert_eq!(p.watched(), 0);
         // Recording pending again does not reset a saga that has started.
         assert_eq!(
             p.record_pending(&id("a"), "OrderCheckout", 9_000)

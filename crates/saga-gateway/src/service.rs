@@ -21,7 +21,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::projection::ListFilter;
+use crate::projection::{ListFilter, Subscription};
 use crate::requests::{self, Claim, RequestRecord};
 use crate::view::is_terminal;
 use crate::workers::LiveWorkers;
@@ -431,7 +431,7 @@ impl SagaGateway for GatewayService {
         let id = validate::saga_id(&request.get_ref().saga_id)?;
         // Subscribe before reading the snapshot: a change committed in between is then
         // in the channel (and skipped if the snapshot already has it).
-        let changes = self.projection.subscribe();
+        let changes = self.projection.subscribe(&id);
         let current = self.known(&id).await?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         tokio::spawn(watch_one(
@@ -530,7 +530,7 @@ impl SagaGateway for GatewayService {
 async fn watch_one(
     id: SagaId,
     current: pb::Saga,
-    mut changes: broadcast::Receiver<Arc<pb::Saga>>,
+    mut changes: Subscription,
     projection: Arc<Projection>,
     stop: watch::Receiver<bool>,
     tx: mpsc::Sender<Result<pb::Saga, Status>>,
@@ -554,8 +554,7 @@ async fn watch_one(
             () = tx.closed() => return,
         };
         let saga = match change {
-            Ok(saga) if saga.saga_id == id.as_str() => Arc::unwrap_or_clone(saga),
-            Ok(_) => continue,
+            Ok(saga) => Arc::unwrap_or_clone(saga),
             // Fell behind: the projection has the latest view.
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 tracing::debug!(saga_id = %id, missed, "watcher lagged; re-reading");

@@ -67,7 +67,8 @@ pub struct OutgoingMessage {
     pub msg_id: String,
     /// Other headers.
     pub headers: Headers,
-    /// Body (Protobuf).
+    /// Body (Protobuf); base64 in a store's JSON (an array of numbers is read too).
+    #[serde(with = "saga_core::bytes::b64")]
     pub payload: Vec<u8>,
 }
 
@@ -158,7 +159,9 @@ pub struct JournalAppend {
     pub saga_id: String,
     /// `Nats-Msg-Id`: unique per transition and writer.
     pub msg_id: String,
-    /// Encoded `saga.v1.JournalEvent`.
+    /// Encoded `saga.v1.JournalEvent`; base64 in a store's JSON (an array of numbers is
+    /// read too).
+    #[serde(with = "saga_core::bytes::b64")]
     pub payload: Vec<u8>,
 }
 

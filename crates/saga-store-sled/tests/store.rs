@@ -446,6 +446,59 @@ async fn undecodable_records_are_reported_as_corruption_never_used() {
 }
 
 #[tokio::test]
+async fn outbox_payloads_are_stored_as_base64_and_earlier_arrays_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let entry = |position| OutboxEntry {
+        position,
+        item: journal("order", position),
+    };
+    let mut key = b"order\x00".to_vec();
+    key.extend(1u64.to_be_bytes());
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        store
+            .commit(&commit(
+                saga("order", SagaStatus::Running, 1),
+                vec![journal("order", 1)],
+            ))
+            .unwrap();
+        store.flush().await.unwrap();
+    }
+    // As this release writes it: the payload is base64 text, not one number per byte.
+    let db = sled::open(dir.path()).unwrap();
+    let raw = db
+        .open_tree(layout::OUTBOX)
+        .unwrap()
+        .get(&key)
+        .unwrap()
+        .unwrap();
+    let json = std::str::from_utf8(&raw[1..]).unwrap().to_owned();
+    assert!(
+        json.contains("\"payload\":\"CQkJCQkJCQkJCQkJCQkJCQ==\""),
+        "{json}"
+    );
+    drop(db);
+
+    // As earlier releases wrote it (an array of numbers): read back the same.
+    let mut key2 = b"order\x00".to_vec();
+    key2.extend(2u64.to_be_bytes());
+    let old = json
+        .replace("\"position\":1", "\"position\":2")
+        .replace("w:order:1", "w:order:2")
+        .replace(
+            "\"CQkJCQkJCQkJCQkJCQkJCQ==\"",
+            &format!("{:?}", vec![9u8; 16]).replace(' ', ""),
+        );
+    assert!(old.contains("[9,9,9,9,9,9,9,9,9,9,9,9,9,9,9,9]"), "{old}");
+    let mut value = vec![layout::RECORD_FORMAT];
+    value.extend(old.as_bytes());
+    write_raw(dir.path(), layout::OUTBOX, &key2, &value);
+
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(store.outbox("order").unwrap(), vec![entry(1), entry(2)]);
+}
+
+#[tokio::test]
 async fn one_store_per_directory() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
