@@ -442,10 +442,14 @@ impl Projection {
                 let (k, v) = kv.map_err(|e| {
                     GatewayError::store(format!("reading the history of {saga_id}"), e)
                 })?;
-                pb::JournalEvent::decode(v.as_ref()).map_err(|e| GatewayError::Corrupt {
-                    what: format!("history/{saga_id}/{}", be_u64(&k[k.len() - 8..])),
-                    detail: e.to_string(),
-                })
+                let mut event =
+                    pb::JournalEvent::decode(v.as_ref()).map_err(|e| GatewayError::Corrupt {
+                        what: format!("history/{saga_id}/{}", be_u64(&k[k.len() - 8..])),
+                        detail: e.to_string(),
+                    })?;
+                // Kept by earlier releases.
+                event.snapshot.clear();
+                Ok(event)
             })
             .collect();
         match history {
@@ -538,7 +542,13 @@ impl Projection {
     ) -> Result<Option<pb::Saga>, GatewayError> {
         let id = event.saga_id.as_str();
         let history_key = history_key(id, event.version);
-        let history_value = event.encode_to_vec();
+        // The history leaves the snapshot out: it is the runtime's restore point (most
+        // of a record's bytes), read from SAGA_JOURNAL by whoever needs it.
+        let history_value = pb::JournalEvent {
+            snapshot: Vec::new(),
+            ..event.clone()
+        }
+        .encode_to_vec();
         let steps = self.step_names(&event.saga_type);
         let seq_bytes = seq.to_be_bytes();
         let result = (&self.sagas, &self.history, &self.index, &self.meta).transaction(
@@ -899,7 +909,10 @@ mod tests {
         assert_eq!(pending.steps.len(), 3);
         assert_eq!(changes.try_recv().unwrap().version, 0);
 
-        let v1 = record("a", 1, 2_000, pb::SagaState::Running);
+        let v1 = pb::JournalEvent {
+            snapshot: br#"{"state":{}}"#.to_vec(),
+            ..record("a", 1, 2_000, pb::SagaState::Running)
+        };
         assert_eq!(p.apply(1, &v1).unwrap().unwrap().version, 1);
         assert_eq!(changes.try_recv().unwrap().version, 1);
         // Redelivered sequence, and the same version at a later sequence: no change.
@@ -931,7 +944,12 @@ mod tests {
         assert_eq!(a.state(), pb::SagaState::Running);
         assert_eq!(a.created_at, Some(pb::timestamp(1_000)));
         assert_eq!(a.steps[0].status, "RUNNING");
-        assert_eq!(p.history(&id("a")).unwrap(), vec![v1.clone()]);
+        // The history has every record but not its snapshot (the journal has it).
+        let without_snapshot = pb::JournalEvent {
+            snapshot: Vec::new(),
+            ..v1.clone()
+        };
+        assert_eq!(p.history(&id("a")).unwrap(), vec![without_snapshot]);
         assert_eq!(p.get(&id("b")).unwrap(), None);
         drop(p);
 

@@ -120,6 +120,20 @@ pub trait SagaStore: Send + Sync + 'static {
         Ok(())
     }
 
+    /// As [`SagaStore::outbox_done_all`], given the saga as the caller holds it after the
+    /// relay (committed, with the journal sequence its append got), or `None` when no
+    /// append was among them: a store may write that copy as it is instead of reading
+    /// its own back to change one field. Nothing is written for a saga the store does
+    /// not hold. The default records only the sequence.
+    fn outbox_done_saga(
+        &self,
+        saga_id: &str,
+        positions: &[u64],
+        saga: Option<&StoredSaga>,
+    ) -> Result<(), StoreError> {
+        self.outbox_done_all(saga_id, positions, saga.map(|s| s.journal_sequence))
+    }
+
     /// Drops the local copy of a saga (state and outbox): it is stale (another worker
     /// moved it on, or a transition was fenced), unreadable, or finished; the journal
     /// is the truth and the saga is rebuilt from it when needed.

@@ -812,7 +812,10 @@ impl SagaActorState {
         let mut sequence = None;
         let result = self.relay_entries(&id, &mut done, &mut sequence).await;
         if !done.is_empty() && !self.fenced {
-            self.ctx.store.outbox_done_all(&id, &done, sequence)?;
+            // The copy this actor holds is the one committed, with the sequence the
+            // append got: written as it is (no read back).
+            let saga = sequence.and(self.stored.as_ref());
+            self.ctx.store.outbox_done_saga(&id, &done, saga)?;
         }
         result
     }

@@ -358,6 +358,38 @@ impl SagaStore for SledStore {
         Ok(())
     }
 
+    /// One transaction, and no decode: the caller's copy is written as it is.
+    fn outbox_done_saga(
+        &self,
+        saga_id: &str,
+        positions: &[u64],
+        saga: Option<&StoredSaga>,
+    ) -> Result<(), StoreError> {
+        let i = &self.inner;
+        let keys: Vec<Vec<u8>> = positions.iter().map(|p| outbox_key(saga_id, *p)).collect();
+        let Some(first) = keys.first() else {
+            return Ok(());
+        };
+        let saga_key = saga_id.as_bytes();
+        let encoded = saga.map(|s| encode(SAGAS, saga_key, s)).transpose()?;
+        tx_result(
+            &at(OUTBOX, first),
+            (&i.sagas, &i.outbox).transaction(|(sagas, outbox)| {
+                for key in &keys {
+                    outbox.remove(key.as_slice())?;
+                }
+                if let Some(encoded) = &encoded {
+                    if sagas.get(saga_key)?.is_some() {
+                        sagas.insert(saga_key, encoded.as_slice())?;
+                    }
+                }
+                Ok(())
+            }),
+        )?;
+        i.flush.wrote();
+        Ok(())
+    }
+
     fn forget(&self, saga_id: &str) -> Result<(), StoreError> {
         let i = &self.inner;
         let prefix = outbox_prefix(saga_id);

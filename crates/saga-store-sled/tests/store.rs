@@ -212,6 +212,29 @@ async fn a_relayed_outbox_leaves_in_one_write_and_a_commit_without_outbox_keeps_
     let store = SledStore::open(dir.path()).unwrap();
     assert_eq!(store.load("order").unwrap().unwrap().journal_sequence, 30);
     assert_eq!(positions(&store.outbox("order").unwrap()), [3]);
+
+    // The relay's copy, written as it is; nothing for a saga the store let go of.
+    let mut relayed = saga("order", SagaStatus::Running, 2);
+    relayed.journal_sequence = 31;
+    store
+        .outbox_done_saga("order", &[3], Some(&relayed))
+        .unwrap();
+    assert_eq!(store.load("order").unwrap(), Some(relayed.clone()));
+    assert!(store.outbox("order").unwrap().is_empty());
+    store.forget("order-2").unwrap();
+    store
+        .outbox_done_saga("order-2", &[4], Some(&relayed))
+        .unwrap();
+    assert_eq!(store.load("order-2").unwrap(), None);
+    // Without an append among them, only the entries leave.
+    let again = store
+        .commit(&commit(relayed.clone(), vec![message("y")]))
+        .unwrap();
+    store
+        .outbox_done_saga("order", &positions(&again), None)
+        .unwrap();
+    assert_eq!(store.load("order").unwrap(), Some(relayed));
+    assert!(store.outbox("order").unwrap().is_empty());
 }
 
 #[tokio::test]
