@@ -10,7 +10,8 @@ use saga_core::definition::SagaDefinition;
 use saga_core::machine::{apply, migrate, refuse, Input, SagaState, TimerKey};
 use saga_core::SagaId;
 use saga_ports::{
-    dead_letter_message, Commit, Delivery, OutboxItem, PortError, SagaStore, StoreError, StoredSaga,
+    dead_letter_message, Commit, Delivery, OutboxEntry, OutboxItem, PortError, SagaStore,
+    StoreError, StoredSaga,
 };
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, error, info, warn, Instrument, Span};
@@ -86,6 +87,11 @@ pub struct SagaActorState {
     due: Option<u64>,
     /// Set when the last journal append was fenced (the local copy was dropped).
     fenced: bool,
+    /// The saga's outbox in the store, when this actor knows it exactly (it is the only
+    /// writer of its saga's outbox: its commits add to it, its relays remove from it);
+    /// `None` when it must be read from the store (at start, after a failed local write,
+    /// after the copy was dropped).
+    outbox: Option<Vec<OutboxEntry>>,
     /// Answers to commands the broker refused for good, applied after the relay.
     refused: Vec<Input>,
     /// The saga's trace context (`traceparent`), kept in its journal records: inputs
@@ -121,6 +127,7 @@ impl Actor for SagaActor {
             resume: args.resume,
             due: args.due,
             fenced: false,
+            outbox: None,
             refused: Vec::new(),
             trace: None,
         })
@@ -174,7 +181,7 @@ impl Actor for SagaActor {
             None => None,
         };
         st.arm_stored_timers(&myself);
-        if st.stored.is_some() && !st.ctx.store.outbox(st.saga_id.as_str())?.is_empty() {
+        if st.stored.is_some() && !st.pending()?.is_empty() {
             myself.cast(SagaMsg::Relay)?;
         }
         // An actor resumed with nothing to do stops (or parks) when idle, too.
@@ -273,6 +280,7 @@ impl Actor for SagaActor {
                     debug!(saga_id = %st.saga_id, "terminal and idle: stopping");
                     // Everything is journalled and published: the local copy is no
                     // longer needed (a late input restores it from the journal).
+                    st.outbox = None;
                     st.ctx.store.forget(st.saga_id.as_str())?;
                     myself.stop(Some("terminal".into()));
                 } else if let Some(wake_at) = st.parkable()? {
@@ -392,7 +400,7 @@ impl SagaActorState {
 
     /// Checks again after a quiet while whether this actor can stop: a terminal saga
     /// stops, a running one may be parked ([`crate::RuntimeConfig::park_after`]).
-    fn schedule_idle_check(&self, myself: &ActorRef<SagaMsg>) -> Result<(), RuntimeError> {
+    fn schedule_idle_check(&mut self, myself: &ActorRef<SagaMsg>) -> Result<(), RuntimeError> {
         let after = if self.is_done()? {
             self.ctx.config.idle_stop_after
         } else if !self.ctx.config.park_after.is_zero() {
@@ -412,7 +420,7 @@ impl SagaActorState {
     /// `Some(earliest deadline)` when the saga may be parked: running, restored as it is
     /// journalled (a diverged replay must stop it at its next input; a fenced copy is
     /// being restored), and nothing of it left to publish.
-    fn parkable(&self) -> Result<Option<Option<u64>>, RuntimeError> {
+    fn parkable(&mut self) -> Result<Option<Option<u64>>, RuntimeError> {
         let Some(stored) = &self.stored else {
             return Ok(None);
         };
@@ -421,19 +429,25 @@ impl SagaActorState {
             || self.diverged.is_some()
             || self.fenced
             || !self.refused.is_empty()
-            || !self.ctx.store.outbox(self.saga_id.as_str())?.is_empty()
         {
             return Ok(None);
         }
-        Ok(Some(stored.timers.iter().map(|(_, at)| *at).min()))
+        let wake_at = stored.timers.iter().map(|(_, at)| *at).min();
+        Ok(self.pending()?.is_empty().then_some(wake_at))
     }
 
-    fn is_done(&self) -> Result<bool, RuntimeError> {
+    /// The saga's outbox: as this actor knows it, or read from the store (and known
+    /// from then on).
+    fn pending(&mut self) -> Result<&[OutboxEntry], RuntimeError> {
+        if self.outbox.is_none() {
+            self.outbox = Some(self.ctx.store.outbox(self.saga_id.as_str())?);
+        }
+        Ok(self.outbox.as_deref().unwrap_or_default())
+    }
+
+    fn is_done(&mut self) -> Result<bool, RuntimeError> {
         Ok(match &self.stored {
-            Some(s) => {
-                s.state.status.is_terminal()
-                    && self.ctx.store.outbox(self.saga_id.as_str())?.is_empty()
-            }
+            Some(s) => s.state.status.is_terminal() && self.pending()?.is_empty(),
             None => true,
         })
     }
@@ -770,7 +784,7 @@ impl SagaActorState {
             },
             outbox: out.outbox,
         };
-        self.ctx.store.commit(&commit)?;
+        self.committed(&commit)?;
         if let Input::TimerFired(key) = input {
             self.timers.remove(key);
         }
@@ -810,23 +824,50 @@ impl SagaActorState {
         // recognised as any republish (message ids, the journal's last record).
         let mut done = Vec::new();
         let mut sequence = None;
-        let result = self.relay_entries(&id, &mut done, &mut sequence).await;
-        if !done.is_empty() && !self.fenced {
+        self.pending()?;
+        // Unknown until the removal below is written.
+        let entries = self.outbox.take().unwrap_or_default();
+        let result = self
+            .relay_entries(&id, &entries, &mut done, &mut sequence)
+            .await;
+        if self.fenced {
+            // The copy and its outbox were dropped.
+            return result;
+        }
+        if !done.is_empty() {
             // The copy this actor holds is the one committed, with the sequence the
             // append got: written as it is (no read back).
             let saga = sequence.and(self.stored.as_ref());
             self.ctx.store.outbox_done_saga(&id, &done, saga)?;
         }
+        self.outbox = Some(
+            entries
+                .into_iter()
+                .filter(|e| !done.contains(&e.position))
+                .collect(),
+        );
         result
+    }
+
+    /// Commits a transition to the local store; what it adds to the outbox is known.
+    fn committed(&mut self, commit: &Commit) -> Result<(), RuntimeError> {
+        let known = self.outbox.take();
+        let added = self.ctx.store.commit(commit)?;
+        self.outbox = known.map(|mut known| {
+            known.extend(added);
+            known
+        });
+        Ok(())
     }
 
     async fn relay_entries(
         &mut self,
         id: &str,
+        entries: &[OutboxEntry],
         done: &mut Vec<u64>,
         sequence: &mut Option<u64>,
     ) -> Result<(), RuntimeError> {
-        for entry in self.ctx.store.outbox(id)? {
+        for entry in entries {
             match &entry.item {
                 OutboxItem::Open { partition } => {
                     let open = self.ctx.open.clone();
@@ -879,6 +920,7 @@ impl SagaActorState {
                             warn!(saga_id = %id, error = %e, "the journal moved on without this actor: dropping its copy");
                             self.stored = None;
                             self.fenced = true;
+                            self.outbox = None;
                             self.ctx.store.forget(id)?;
                             return Err(e.into());
                         }
@@ -1015,7 +1057,7 @@ impl SagaActorState {
             },
             outbox,
         };
-        self.ctx.store.commit(&commit)?;
+        self.committed(&commit)?;
         crate::metrics::restored(&self.saga_type);
         Ok(Some(commit.saga))
     }
