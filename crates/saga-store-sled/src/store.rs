@@ -209,6 +209,43 @@ fn parse_worker_id(bytes: &[u8]) -> Result<String, StoreError> {
     }
 }
 
+/// What a saga's stored record becomes (see [`SledStore::outbox_remove`]).
+type Replace<'a> = &'a dyn Fn(&[u8]) -> Result<Vec<u8>, StoreError>;
+
+impl SledStore {
+    /// Removes `positions` from saga `saga_id`'s outbox and, in the same transaction,
+    /// replaces the saga's copy, if the store holds one, with what `replace` makes of it.
+    fn outbox_remove(
+        &self,
+        saga_id: &str,
+        positions: &[u64],
+        replace: Option<Replace<'_>>,
+    ) -> Result<(), StoreError> {
+        let i = &self.inner;
+        let keys: Vec<Vec<u8>> = positions.iter().map(|p| outbox_key(saga_id, *p)).collect();
+        let Some(first) = keys.first() else {
+            return Ok(());
+        };
+        let saga_key = saga_id.as_bytes();
+        tx_result(
+            &at(OUTBOX, first),
+            (&i.sagas, &i.outbox).transaction(|(sagas, outbox)| {
+                for key in &keys {
+                    outbox.remove(key.as_slice())?;
+                }
+                if let Some(replace) = replace {
+                    if let Some(v) = sagas.get(saga_key)? {
+                        sagas.insert(saga_key, replace(&v).map_err(abort)?)?;
+                    }
+                }
+                Ok(())
+            }),
+        )?;
+        i.flush.wrote();
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl SagaStore for SledStore {
     fn commit(&self, c: &Commit) -> Result<Vec<OutboxEntry>, StoreError> {
@@ -332,30 +369,18 @@ impl SagaStore for SledStore {
         positions: &[u64],
         journal_sequence: Option<u64>,
     ) -> Result<(), StoreError> {
-        let i = &self.inner;
-        let keys: Vec<Vec<u8>> = positions.iter().map(|p| outbox_key(saga_id, *p)).collect();
-        let Some(first) = keys.first() else {
-            return Ok(());
-        };
         let saga_key = saga_id.as_bytes();
-        tx_result(
-            &at(OUTBOX, first),
-            (&i.sagas, &i.outbox).transaction(|(sagas, outbox)| {
-                for key in &keys {
-                    outbox.remove(key.as_slice())?;
-                }
-                if let Some(sequence) = journal_sequence {
-                    if let Some(v) = sagas.get(saga_key)? {
-                        let mut saga = self.load_saga(saga_key, &v).map_err(abort)?;
-                        saga.journal_sequence = sequence;
-                        sagas.insert(saga_key, encode(SAGAS, saga_key, &saga).map_err(abort)?)?;
-                    }
-                }
-                Ok(())
-            }),
-        )?;
-        i.flush.wrote();
-        Ok(())
+        let record = |sequence: u64| {
+            move |v: &[u8]| {
+                let mut saga = self.load_saga(saga_key, v)?;
+                saga.journal_sequence = sequence;
+                encode(SAGAS, saga_key, &saga)
+            }
+        };
+        match journal_sequence {
+            Some(sequence) => self.outbox_remove(saga_id, positions, Some(&record(sequence))),
+            None => self.outbox_remove(saga_id, positions, None),
+        }
     }
 
     /// One transaction, and no decode: the caller's copy is written as it is.
@@ -365,29 +390,18 @@ impl SagaStore for SledStore {
         positions: &[u64],
         saga: Option<&StoredSaga>,
     ) -> Result<(), StoreError> {
-        let i = &self.inner;
-        let keys: Vec<Vec<u8>> = positions.iter().map(|p| outbox_key(saga_id, *p)).collect();
-        let Some(first) = keys.first() else {
+        if positions.is_empty() {
             return Ok(());
-        };
-        let saga_key = saga_id.as_bytes();
-        let encoded = saga.map(|s| encode(SAGAS, saga_key, s)).transpose()?;
-        tx_result(
-            &at(OUTBOX, first),
-            (&i.sagas, &i.outbox).transaction(|(sagas, outbox)| {
-                for key in &keys {
-                    outbox.remove(key.as_slice())?;
-                }
-                if let Some(encoded) = &encoded {
-                    if sagas.get(saga_key)?.is_some() {
-                        sagas.insert(saga_key, encoded.as_slice())?;
-                    }
-                }
-                Ok(())
-            }),
-        )?;
-        i.flush.wrote();
-        Ok(())
+        }
+        let encoded = saga
+            .map(|s| encode(SAGAS, saga_id.as_bytes(), s))
+            .transpose()?;
+        match encoded {
+            Some(encoded) => {
+                self.outbox_remove(saga_id, positions, Some(&|_: &[u8]| Ok(encoded.clone())))
+            }
+            None => self.outbox_remove(saga_id, positions, None),
+        }
     }
 
     fn forget(&self, saga_id: &str) -> Result<(), StoreError> {
